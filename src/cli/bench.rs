@@ -1,0 +1,177 @@
+//! `engram bench …`: performance figures, each printed beside a baseline measured in the
+//! same run on the same data.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Subcommand;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Settings;
+use crate::store::records::{Kind, Scope};
+use crate::store::{normalize_vector, Hit, SearchFilter, VectorIndex};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The HNSW index against exact brute-force search on random unit vectors.
+    Index {
+        /// Vectors in the index.
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        #[arg(long, default_value_t = 384)]
+        dim: usize,
+        /// Query vectors (random, like the data).
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Candidate list sizes to sweep; the configured index.ef_search is always included.
+        #[arg(long, value_delimiter = ',', default_values_t = [64, 256])]
+        ef: Vec<usize>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Index {
+            n,
+            dim,
+            queries,
+            k,
+            mut ef,
+            seed,
+        } => {
+            ef.push(settings.index.ef_search);
+            ef.sort_unstable();
+            ef.dedup();
+            bench_index(settings, n, dim, queries, k, &ef, seed);
+        }
+    }
+    Ok(())
+}
+
+/// `n` random unit vectors: Gaussian components (Box–Muller), then normalised, so the
+/// directions are uniform on the sphere.
+pub fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<Arc<[f32]>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let mut v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    let (u1, u2): (f32, f32) = (rng.gen_range(f32::EPSILON..1.0), rng.gen());
+                    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                })
+                .collect();
+            normalize_vector(&mut v);
+            Arc::from(v)
+        })
+        .collect()
+}
+
+/// Share of the exact top-k found by the approximate search, over all queries.
+pub fn recall(exact: &[Vec<Hit>], approx: &[Vec<Hit>]) -> f64 {
+    let (mut found, mut total) = (0usize, 0usize);
+    for (e, a) in exact.iter().zip(approx) {
+        let truth: std::collections::HashSet<u64> = e.iter().map(|h| h.point).collect();
+        found += a.iter().filter(|h| truth.contains(&h.point)).count();
+        total += truth.len();
+    }
+    found as f64 / total.max(1) as f64
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Runs `search` over all queries on one thread, then split across all cores; returns
+/// the results of the single-thread pass and both rates in queries per second.
+fn time_searches(
+    queries: &[Arc<[f32]>],
+    search: impl Fn(&[f32]) -> Vec<Hit> + Sync,
+) -> (Vec<Vec<Hit>>, f64, f64) {
+    let started = Instant::now();
+    let results: Vec<Vec<Hit>> = queries.iter().map(|q| search(q)).collect();
+    let one = queries.len() as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let per_thread = queries.len().div_ceil(threads());
+    std::thread::scope(|s| {
+        for chunk in queries.chunks(per_thread.max(1)) {
+            let search = &search;
+            s.spawn(move || chunk.iter().map(|q| search(q).len()).sum::<usize>());
+        }
+    });
+    let all = queries.len() as f64 / started.elapsed().as_secs_f64();
+    (results, one, all)
+}
+
+fn bench_index(
+    settings: &Settings,
+    n: usize,
+    dim: usize,
+    n_queries: usize,
+    k: usize,
+    efs: &[usize],
+    seed: u64,
+) {
+    let p = &settings.index;
+    println!(
+        "engram bench index: n={n} dim={dim} queries={n_queries} k={k} threads={}",
+        threads()
+    );
+    println!(
+        "params: M={} ef_construction={} ef_search={}",
+        p.max_connections, p.ef_construction, p.ef_search
+    );
+    let data = random_unit_vectors(n, dim, seed);
+    let queries = random_unit_vectors(n_queries, dim, seed ^ 0x9e37_79b9);
+
+    let index = VectorIndex::new(p.clone());
+    let scope = Scope::user("bench", "bench");
+    let started = Instant::now();
+    index.insert_many(
+        data.iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, scope.clone(), Kind::Fact, v.clone()))
+            .collect(),
+    );
+    let build = started.elapsed();
+    println!(
+        "build: {:.2}s, {:.0} inserts/s (parallel insert on {} threads)",
+        build.as_secs_f64(),
+        n as f64 / build.as_secs_f64(),
+        threads()
+    );
+
+    let all = SearchFilter::all();
+    let (exact, exact_one, exact_all) = time_searches(&queries, |q| index.exact_search(q, k, &all));
+    println!();
+    println!(
+        "{:<28} {:>10} {:>14} {:>14} {:>10}",
+        "method", "recall@10", "QPS 1 thread", "QPS all cores", "vs exact"
+    );
+    println!(
+        "{:<28} {:>10.4} {:>14.0} {:>14.0} {:>10}",
+        "exact brute force (baseline)", 1.0, exact_one, exact_all, "1.0x"
+    );
+    for &ef in efs {
+        let (approx, one, all_cores) =
+            time_searches(&queries, |q| index.search_tuned(q, k, &all, ef, 0));
+        let marker = if ef == p.ef_search {
+            " (configured)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<28} {:>10.4} {:>14.0} {:>14.0} {:>9.1}x",
+            format!("hnsw ef={ef}{marker}"),
+            recall(&exact, &approx),
+            one,
+            all_cores,
+            one / exact_one
+        );
+    }
+}

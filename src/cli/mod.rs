@@ -1,0 +1,76 @@
+//! The command line: `engram serve`, the store's admin commands, and benchmarks.
+
+mod bench;
+mod store_admin;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engram",
+    version,
+    about = "Retrieval-augmented long-term memory for language models"
+)]
+pub struct Cli {
+    /// A TOML file read on top of the built-in defaults (see config/default.toml).
+    #[arg(long, global = true, env = "ENGRAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the database and index live (store.data_dir).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N (model.device).
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Address to listen on (server.bind).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Inspect and maintain the store (run these while the server is stopped).
+    #[command(subcommand)]
+    Store(store_admin::StoreCommand),
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+impl Cli {
+    pub fn settings(&self) -> Result<Settings, String> {
+        let bind = match &self.command {
+            Command::Serve { bind } => bind.clone(),
+            _ => None,
+        };
+        let overrides = Overrides {
+            bind,
+            data_dir: self.data_dir.clone(),
+            device: self.device.clone(),
+        };
+        Settings::load(self.config.as_deref(), &overrides)
+    }
+}
+
+/// Runs the parsed command; the exit code is the caller's to set from the result.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings().map_err(anyhow::Error::msg)?;
+    crate::logging::init(&settings.log);
+    match cli.command {
+        Command::Serve { .. } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("engram-http")
+            .build()?
+            .block_on(crate::server::serve(settings)),
+        Command::Store(cmd) => store_admin::run(cmd, &settings),
+        Command::Bench(cmd) => bench::run(cmd, &settings),
+    }
+}

@@ -1,0 +1,106 @@
+//! Running the service: bind, open the store, serve until SIGINT/SIGTERM, then drain
+//! requests, flush sled and save the index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::model::DeviceSpec;
+use crate::store::Store;
+
+/// Serves until a shutdown signal; returns once everything is saved.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let device = settings
+        .model
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(anyhow::Error::msg)?
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(%device, cuda = tch::Cuda::is_available(), "inference device");
+    let state = AppState::new(device);
+    let app = api::router(state.clone(), &settings.server).map_err(anyhow::Error::msg)?;
+    let listener = TcpListener::bind(&settings.server.bind)
+        .await
+        .with_context(|| format!("binding {}", settings.server.bind))?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+
+    let store_config = settings.store_config();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
+        .await?
+        .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+    let store = Arc::new(store);
+    state.set_store(store.clone());
+    tracing::info!("ready");
+
+    let saver = tokio::spawn(save_index_periodically(
+        store.clone(),
+        settings.store.index_save_interval_secs,
+    ));
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: draining requests"
+        );
+        let _ = drained_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Wait for the server to finish draining, or for the grace period after the signal.
+    let mut server = server;
+    tokio::select! {
+        res = &mut server => { res??; }
+        _ = async { let _ = drained_rx.await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("requests still running after the grace period; stopping anyway");
+            server.abort();
+        }
+    }
+    saver.abort();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        store.flush().context("flushing the store")?;
+        store.save_index().context("saving the index")?;
+        Ok(())
+    })
+    .await??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn save_index_periodically(store: Arc<Store>, every_secs: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs.max(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.save_index()).await {
+            Ok(Ok(true)) => tracing::info!("vector index saved"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!("saving the vector index: {e}"),
+            Err(e) => tracing::error!("index save task failed: {e}"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

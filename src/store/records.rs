@@ -1,0 +1,70 @@
+//! The stored records, generated from `proto/engram/store/v1/records.proto`, and small
+//! helpers around them.
+
+#![allow(clippy::all)]
+include!(concat!(env!("OUT_DIR"), "/engram.store.v1.rs"));
+
+use std::fmt;
+use std::str::FromStr;
+
+use ulid::Ulid;
+
+impl Kind {
+    /// The name used in the API, the CLI and the export format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Unspecified => "unspecified",
+            Kind::Knowledge => "knowledge",
+            Kind::Episodic => "episodic",
+            Kind::Fact => "fact",
+            Kind::Summary => "summary",
+        }
+    }
+
+    /// The four kinds a memory can have.
+    pub const ALL: [Kind; 4] = [Kind::Knowledge, Kind::Episodic, Kind::Fact, Kind::Summary];
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!("unknown kind `{s}` (expected knowledge, episodic, fact or summary)")
+            })
+    }
+}
+
+impl MemoryEntry {
+    /// The entry's id; `None` only for a record that fails verification.
+    pub fn ulid(&self) -> Option<Ulid> {
+        Some(Ulid::from_bytes(self.id.as_ref().try_into().ok()?))
+    }
+}
+
+impl Scope {
+    /// A scope with only a tenant and a user, the common case.
+    pub fn user(tenant: impl Into<String>, user_id: impl Into<String>) -> Self {
+        Scope {
+            tenant: tenant.into(),
+            user_id: user_id.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

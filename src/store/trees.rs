@@ -1,0 +1,53 @@
+//! The sled trees the store is made of, opened once.
+
+use sled::{Db, Tree};
+
+use super::error::Result;
+
+/// Tree names are part of the on-disk format.
+pub struct Trees {
+    /// Schema version, embedding dimension.
+    pub meta: Tree,
+    /// entry id (16-byte ULID) → `MemoryEntry`.
+    pub entries: Tree,
+    /// tenant, user, kind, entry id → (empty): listing.
+    pub by_scope: Tree,
+    /// scope, kind, content hash → entry id: one copy of a text per scope.
+    pub by_hash: Tree,
+    /// document id, entry id → (empty): a document's chunks.
+    pub by_document: Tree,
+    /// tenant, session id, entry id → (empty): a session's memories.
+    pub by_session: Tree,
+    /// point id (u64) → entry id: from an index hit to its entry.
+    pub points: Tree,
+    /// document id → `Document`.
+    pub documents: Tree,
+    /// tenant, session id → `Session`.
+    pub sessions: Tree,
+}
+
+pub const DIMENSION_KEY: &[u8] = b"dimension";
+
+impl Trees {
+    pub fn open(db: &Db) -> Result<Self> {
+        Ok(Self {
+            meta: db.open_tree("meta")?,
+            entries: db.open_tree("entries")?,
+            by_scope: db.open_tree("by_scope")?,
+            by_hash: db.open_tree("by_hash")?,
+            by_document: db.open_tree("by_document")?,
+            by_session: db.open_tree("by_session")?,
+            points: db.open_tree("points")?,
+            documents: db.open_tree("documents")?,
+            sessions: db.open_tree("sessions")?,
+        })
+    }
+
+    pub fn dimension(&self) -> Result<Option<usize>> {
+        Ok(self
+            .meta
+            .get(DIMENSION_KEY)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(|b| u32::from_be_bytes(b) as usize))
+    }
+}
