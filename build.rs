@@ -24,10 +24,7 @@ fn compile_protos() {
     println!("cargo:rerun-if-changed=proto");
     let files = ["proto/engram/store/v1/records.proto"];
     let descriptors = protox::compile(files, ["proto"]).expect("proto/ does not compile");
-    prost_build::Config::new()
-        .bytes(["."])
-        .compile_fds(descriptors)
-        .expect("prost code generation failed");
+    prost_build::Config::new().bytes(["."]).compile_fds(descriptors).expect("prost code generation failed");
 }
 
 /// Writes `$OUT_DIR/migrations.rs`: one module per `migrations/NNNN_name.rs` file, in
@@ -49,24 +46,15 @@ fn register_migrations() {
         .collect();
     files.sort();
     for (i, (num, name, _)) in files.iter().enumerate() {
-        assert_eq!(
-            *num as usize,
-            i + 1,
-            "migration {name}: numbers must run 1, 2, 3… without gaps"
-        );
+        assert_eq!(*num as usize, i + 1, "migration {name}: numbers must run 1, 2, 3… without gaps");
     }
     let mut out = String::new();
     for (num, _, path) in &files {
-        out += &format!(
-            "#[path = {:?}]\nmod m{num:04};\n",
-            path.display().to_string()
-        );
+        out += &format!("#[path = {:?}]\nmod m{num:04};\n", path.display().to_string());
     }
     out += "/// Every migration, in the order they are applied.\npub static MIGRATIONS: &[Migration] = &[\n";
     for (num, name, _) in &files {
-        out += &format!(
-            "    Migration {{ version: {num}, name: {name:?}, apply: m{num:04}::apply }},\n"
-        );
+        out += &format!("    Migration {{ version: {num}, name: {name:?}, apply: m{num:04}::apply }},\n");
     }
     out += "];\n";
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());

@@ -74,12 +74,9 @@ impl Settings {
         use config::{Config, Environment, File, FileFormat};
         // Only ENGRAM_<SECTION>__<KEY> variables are configuration; others that share
         // the prefix (ENGRAM_VENV, ENGRAM_CONFIG…) belong to the tooling.
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("ENGRAM_") && k[7..].contains("__"))
-            .collect();
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let env: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("ENGRAM_") && k[7..].contains("__")).collect();
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
@@ -97,28 +94,18 @@ impl Settings {
             None => Ok(b),
         };
         builder = set(builder, "server.bind", overrides.bind.clone()).map_err(|e| e.to_string())?;
-        builder = set(
-            builder,
-            "store.data_dir",
-            overrides.data_dir.as_ref().map(|p| p.display().to_string()),
-        )
-        .map_err(|e| e.to_string())?;
-        builder =
-            set(builder, "model.device", overrides.device.clone()).map_err(|e| e.to_string())?;
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| format!("configuration: {e}"))?;
+        builder = set(builder, "store.data_dir", overrides.data_dir.as_ref().map(|p| p.display().to_string()))
+            .map_err(|e| e.to_string())?;
+        builder = set(builder, "model.device", overrides.device.clone()).map_err(|e| e.to_string())?;
+        let settings: Settings =
+            builder.build().and_then(|c| c.try_deserialize()).map_err(|e| format!("configuration: {e}"))?;
         settings.index.validate()?;
         Ok(settings)
     }
 
     /// The store settings with the index tuning folded in.
     pub fn store_config(&self) -> StoreConfig {
-        StoreConfig {
-            index: self.index.clone(),
-            ..self.store.clone()
-        }
+        StoreConfig { index: self.index.clone(), ..self.store.clone() }
     }
 }
 
@@ -146,33 +133,20 @@ mod tests {
             ("ENGRAM_SERVER__BIND", "0.0.0.0:9000"),
             ("ENGRAM_INDEX__EF_SEARCH", "77"),
             ("ENGRAM_STORE__DATA_DIR", "/tmp/x"),
-            (
-                "ENGRAM_SERVER__CORS_ALLOWED_ORIGINS",
-                "https://a.example,https://b.example",
-            ),
+            ("ENGRAM_SERVER__CORS_ALLOWED_ORIGINS", "https://a.example,https://b.example"),
             ("ENGRAM_VENV", "/not/config"),
         ])
         .unwrap();
         assert_eq!(s.server.bind, "0.0.0.0:9000");
         assert_eq!(s.index.ef_search, 77);
         assert_eq!(s.store.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(
-            s.server.cors_allowed_origins,
-            vec!["https://a.example", "https://b.example"]
-        );
+        assert_eq!(s.server.cors_allowed_origins, vec!["https://a.example", "https://b.example"]);
     }
 
     #[test]
     fn flags_override_environment() {
-        let env = [(
-            "ENGRAM_SERVER__BIND".to_string(),
-            "0.0.0.0:9000".to_string(),
-        )];
-        let o = Overrides {
-            bind: Some("127.0.0.1:1".into()),
-            device: Some("cpu".into()),
-            ..Default::default()
-        };
+        let env = [("ENGRAM_SERVER__BIND".to_string(), "0.0.0.0:9000".to_string())];
+        let o = Overrides { bind: Some("127.0.0.1:1".into()), device: Some("cpu".into()), ..Default::default() };
         let s = Settings::load_from_env(None, &o, env).unwrap();
         assert_eq!(s.server.bind, "127.0.0.1:1");
         assert_eq!(s.model.device, "cpu");

@@ -1,6 +1,7 @@
 //! Running the service: bind, open the store, serve until SIGINT/SIGTERM, then drain
 //! requests, flush sled and save the index.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +25,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%device, cuda = tch::Cuda::is_available(), "inference device");
     let state = AppState::new(device);
     let app = api::router(state.clone(), &settings.server).map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind(&settings.server.bind)
-        .await
-        .with_context(|| format!("binding {}", settings.server.bind))?;
+    let listener =
+        TcpListener::bind(&settings.server.bind).await.with_context(|| format!("binding {}", settings.server.bind))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
 
     let store_config = settings.store_config();
@@ -37,26 +37,27 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     state.set_store(store.clone());
     tracing::info!("ready");
 
-    let saver = tokio::spawn(save_index_periodically(
-        store.clone(),
-        settings.store.index_save_interval_secs,
-    ));
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    let saver = tokio::spawn(save_index_periodically(store.clone(), settings.store.index_save_interval_secs));
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
-        tracing::info!(
-            grace_secs = grace.as_secs(),
-            "shutting down: draining requests"
-        );
-        let _ = drained_tx.send(());
+        let _ = signalled_tx.send(());
     });
-    let server = tokio::spawn(async move { server.await });
-    // Wait for the server to finish draining, or for the grace period after the signal.
-    let mut server = server;
+    let mut server = tokio::spawn(server.into_future());
+    // After the signal, running requests get the grace period to finish.
+    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    let grace_expired = async move {
+        match signalled_rx.await {
+            Ok(()) => {
+                tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining requests");
+                tokio::time::sleep(grace).await
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        res = &mut server => { res??; }
-        _ = async { let _ = drained_rx.await; tokio::time::sleep(grace).await } => {
+        finished = &mut server => finished??,
+        () = grace_expired => {
             tracing::warn!("requests still running after the grace period; stopping anyway");
             server.abort();
         }

@@ -52,10 +52,7 @@ fn acknowledged_writes_survive_sigkill() {
         // Feed in small bursts so batches stay small and the kill lands mid-stream.
         let writer = std::thread::spawn(move || {
             for chunk in lines.chunks(50) {
-                if stdin
-                    .write_all((chunk.join("\n") + "\n").as_bytes())
-                    .is_err()
-                {
+                if stdin.write_all((chunk.join("\n") + "\n").as_bytes()).is_err() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -68,10 +65,7 @@ fn acknowledged_writes_survive_sigkill() {
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { return };
-                    printed
-                        .lock()
-                        .unwrap()
-                        .push(line.trim().parse().expect("an id per line"));
+                    printed.lock().unwrap().push(line.trim().parse().expect("an id per line"));
                 }
             })
         };
@@ -79,10 +73,7 @@ fn acknowledged_writes_survive_sigkill() {
         // the random moment is counted from the first acknowledgement.
         let started = std::time::Instant::now();
         while printed.lock().unwrap().is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "round {round}: no id printed within 60s"
-            );
+            assert!(started.elapsed() < Duration::from_secs(60), "round {round}: no id printed within 60s");
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..1200)));
@@ -94,10 +85,7 @@ fn acknowledged_writes_survive_sigkill() {
         // Ids come out in line order, so the i-th id belongs to the i-th vector.
         acknowledged.extend(printed.into_iter().zip(vectors));
 
-        let verify = engram(dir.path())
-            .args(["store", "verify"])
-            .output()
-            .unwrap();
+        let verify = engram(dir.path()).args(["store", "verify"]).output().unwrap();
         assert!(
             verify.status.success(),
             "round {round}: verify failed:\n{}\n{}",
@@ -107,20 +95,10 @@ fn acknowledged_writes_survive_sigkill() {
 
         let store = common::open(dir.path());
         for (id, v) in &acknowledged {
-            assert!(
-                store.get_entry(*id).unwrap().is_some(),
-                "round {round}: acknowledged {id} is lost"
-            );
+            assert!(store.get_entry(*id).unwrap().is_some(), "round {round}: acknowledged {id} is lost");
             let hit = &store.search(v, 1, &SearchFilter::all()).unwrap()[0];
-            assert_eq!(
-                hit.entry.ulid(),
-                Some(*id),
-                "round {round}: {id} is not found by its own vector"
-            );
+            assert_eq!(hit.entry.ulid(), Some(*id), "round {round}: {id} is not found by its own vector");
         }
-        eprintln!(
-            "round {round}: {} acknowledged entries all present",
-            acknowledged.len()
-        );
+        eprintln!("round {round}: {} acknowledged entries all present", acknowledged.len());
     }
 }

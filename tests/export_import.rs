@@ -11,10 +11,7 @@ use engram::store::SearchFilter;
 
 fn engram(dir: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(common::engram_bin());
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env("RUST_LOG", "warn");
+    cmd.arg("--data-dir").arg(dir).args(args).env("RUST_LOG", "warn");
     cmd
 }
 
@@ -34,46 +31,24 @@ fn export_then_import_restores_everything() {
                 ..common::fact("acme", "alice", &format!("memory {i}"), v)
             })
             .collect();
-        let ids = store
-            .put_entries(entries)
-            .unwrap()
-            .into_iter()
-            .map(|o| o.id)
-            .collect();
+        let ids = store.put_entries(entries).unwrap().into_iter().map(|o| o.id).collect();
         store
             .put_session(&Session {
                 id: "s1".into(),
                 scope: Some(Scope::user("acme", "alice")),
-                turns: vec![Turn {
-                    role: "user".into(),
-                    content: "hi".into(),
-                    created_at_ms: 5,
-                    ..Default::default()
-                }],
+                turns: vec![Turn { role: "user".into(), content: "hi".into(), created_at_ms: 5, ..Default::default() }],
                 ..Default::default()
             })
             .unwrap();
         ids
     };
     let export = engram(src.path(), &["store", "export"]).output().unwrap();
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
     assert_eq!(export.stdout.iter().filter(|b| **b == b'\n').count(), 41);
 
-    let mut import = engram(dst.path(), &["store", "import"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    import
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&export.stdout)
-        .unwrap();
+    let mut import =
+        engram(dst.path(), &["store", "import"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    import.stdin.take().unwrap().write_all(&export.stdout).unwrap();
     let out = import.wait_with_output().unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
@@ -84,29 +59,15 @@ fn export_then_import_restores_everything() {
         let e = store.get_entry(*id).unwrap().expect("same id after import");
         assert_eq!(e.text, format!("memory {i}"));
         assert_eq!(e.created_at_ms, 1_000 + i as i64);
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&e.metadata_json).unwrap()["n"],
-            i
-        );
-        assert_eq!(
-            store.search(v, 1, &SearchFilter::all()).unwrap()[0]
-                .entry
-                .ulid(),
-            Some(*id)
-        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&e.metadata_json).unwrap()["n"], i);
+        assert_eq!(store.search(v, 1, &SearchFilter::all()).unwrap()[0].entry.ulid(), Some(*id));
     }
-    assert_eq!(
-        store.get_session("acme", "s1").unwrap().unwrap().turns[0].content,
-        "hi"
-    );
+    assert_eq!(store.get_session("acme", "s1").unwrap().unwrap().turns[0].content, "hi");
     drop(store);
     // Both exports are identical: nothing was lost or changed on the way.
     let again = engram(dst.path(), &["store", "export"]).output().unwrap();
     let sorted = |b: &[u8]| {
-        let mut l: Vec<String> = String::from_utf8_lossy(b)
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        let mut l: Vec<String> = String::from_utf8_lossy(b).lines().map(str::to_owned).collect();
         l.sort();
         l
     };
@@ -129,12 +90,7 @@ fn a_bad_line_is_named_and_earlier_lines_stay() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -18,14 +18,7 @@ impl Server {
     /// Starts `engram serve` on a free port and waits for its "listening" line.
     fn start(data_dir: &std::path::Path) -> Server {
         let mut child = Command::new(common::engram_bin())
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--device",
-                "cpu",
-                "--data-dir",
-            ])
+            .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
             .arg(data_dir)
             .env("ENGRAM_LOG__FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -47,11 +40,7 @@ impl Server {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 if v["message"] == "listening" {
                     let addr = v["address"].as_str().unwrap().to_owned();
-                    return Server {
-                        child,
-                        base: format!("http://{addr}"),
-                        log: rx,
-                    };
+                    return Server { child, base: format!("http://{addr}"), log: rx };
                 }
             }
         }
@@ -82,10 +71,7 @@ impl Server {
 
     /// Sends SIGTERM; returns whether it exited successfully and its remaining log.
     fn terminate(mut self) -> (bool, Vec<String>) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -105,11 +91,7 @@ fn probes_errors_and_graceful_shutdown() {
     {
         let store = common::open(dir.path());
         let v = common::unit_vectors(10, 8, 1);
-        let entries = v
-            .iter()
-            .enumerate()
-            .map(|(i, v)| common::fact("t", "u", &format!("m{i}"), v))
-            .collect();
+        let entries = v.iter().enumerate().map(|(i, v)| common::fact("t", "u", &format!("m{i}"), v)).collect();
         store.put_entries(entries).unwrap();
     }
     assert!(!dir.path().join("index/CURRENT").exists());
@@ -118,10 +100,7 @@ fn probes_errors_and_graceful_shutdown() {
     let (status, id, body) = server.get("/healthz");
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
-    assert!(
-        id.is_some_and(|id| id.len() == 36),
-        "every response carries a request id"
-    );
+    assert!(id.is_some_and(|id| id.len() == 36), "every response carries a request id");
 
     server.wait_ready();
     let (_, _, body) = server.get("/readyz");
@@ -134,32 +113,21 @@ fn probes_errors_and_graceful_shutdown() {
     assert!(body["error"]["message"].is_string());
 
     let res = ureq::post(&format!("{}/healthz", server.base)).call();
-    let Err(ureq::Error::Status(405, res)) = res else {
-        panic!("POST /healthz should be 405")
-    };
+    let Err(ureq::Error::Status(405, res)) = res else { panic!("POST /healthz should be 405") };
     let body: serde_json::Value = res.into_json().unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
 
     let (ok, log) = server.terminate();
     assert!(ok, "exit status after SIGTERM");
     assert!(log.iter().any(|l| l.contains("stopped cleanly")), "{log:?}");
-    assert!(
-        dir.path().join("index/CURRENT").exists(),
-        "the index is saved at shutdown"
-    );
+    assert!(dir.path().join("index/CURRENT").exists(), "the index is saved at shutdown");
     let store = common::open(dir.path());
-    assert_eq!(
-        store.index_load_outcome(),
-        &engram::store::LoadOutcome::Loaded { caught_up: 0 }
-    );
+    assert_eq!(store.index_load_outcome(), &engram::store::LoadOutcome::Loaded { caught_up: 0 });
 }
 
 #[test]
 fn refuses_a_bad_configuration_with_a_clear_message() {
-    let out = Command::new(common::engram_bin())
-        .args(["serve", "--device", "tpu"])
-        .output()
-        .unwrap();
+    let out = Command::new(common::engram_bin()).args(["serve", "--device", "tpu"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.device") && err.contains("tpu"), "{err}");

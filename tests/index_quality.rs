@@ -54,11 +54,7 @@ fn recall(exact: &[Vec<Hit>], approx: &[Vec<Hit>]) -> f64 {
 }
 
 fn user_filter(user: &str) -> SearchFilter {
-    SearchFilter::clause(ScopeClause {
-        tenant: Some("t".into()),
-        user_id: Some(user.into()),
-        ..Default::default()
-    })
+    SearchFilter::clause(ScopeClause { tenant: Some("t".into()), user_id: Some(user.into()), ..Default::default() })
 }
 
 #[test]
@@ -71,21 +67,12 @@ fn recall_at_10_with_a_fifth_deleted_and_filters_fill_k() {
     assert_eq!(index.tombstones(), N / 5);
     let queries = common::unit_vectors(200, DIM, 99);
     let all = SearchFilter::all();
-    let exact: Vec<Vec<Hit>> = queries
-        .iter()
-        .map(|q| index.exact_search(q, 10, &all))
-        .collect();
+    let exact: Vec<Vec<Hit>> = queries.iter().map(|q| index.exact_search(q, 10, &all)).collect();
     let approx: Vec<Vec<Hit>> = queries.iter().map(|q| index.search(q, 10, &all)).collect();
     for hits in &approx {
         assert_eq!(hits.len(), 10);
-        assert!(
-            hits.iter().all(|h| !deleted.contains(&h.point)),
-            "a deleted point came back"
-        );
-        assert!(
-            hits.windows(2).all(|w| w[0].similarity >= w[1].similarity),
-            "not best-first"
-        );
+        assert!(hits.iter().all(|h| !deleted.contains(&h.point)), "a deleted point came back");
+        assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity), "not best-first");
     }
     let r = recall(&exact, &approx);
     eprintln!("recall@10 over the live points: {r:.4}");
@@ -110,68 +97,42 @@ fn recall_at_10_with_a_fifth_deleted_and_filters_fill_k() {
 
     // A 5,000-entry scope (about 4,000 live) goes through the filtered graph walk.
     let wide = user_filter("wide");
-    let exact_wide: Vec<Vec<Hit>> = queries
-        .iter()
-        .map(|q| index.exact_search(q, 10, &wide))
-        .collect();
+    let exact_wide: Vec<Vec<Hit>> = queries.iter().map(|q| index.exact_search(q, 10, &wide)).collect();
     let approx_wide: Vec<Vec<Hit>> = queries.iter().map(|q| index.search(q, 10, &wide)).collect();
     for hits in &approx_wide {
         assert_eq!(hits.len(), 10);
-        assert!(hits
-            .iter()
-            .all(|h| (50..5050).contains(&h.point) && !deleted.contains(&h.point)));
+        assert!(hits.iter().all(|h| (50..5050).contains(&h.point) && !deleted.contains(&h.point)));
     }
     let r = recall(&exact_wide, &approx_wide);
     eprintln!("recall@10 inside a 4,000-entry scope: {r:.4}");
     assert!(r >= 0.95, "filtered recall@10 = {r:.4}");
 
     // A scope nobody has: nothing.
-    assert!(index
-        .search(&queries[0], 10, &user_filter("nobody"))
-        .is_empty());
+    assert!(index.search(&queries[0], 10, &user_filter("nobody")).is_empty());
 }
 
 #[test]
 fn rebuild_drops_tombstones_and_keeps_answers() {
     let n = 4000;
     let data = common::unit_vectors(n, 64, 17);
-    let index = VectorIndex::new(IndexParams {
-        rebuild_tombstone_ratio: 0.1,
-        ..IndexParams::default()
-    });
+    let index = VectorIndex::new(IndexParams { rebuild_tombstone_ratio: 0.1, ..IndexParams::default() });
     let scope = Scope::user("t", "u");
     index.insert_many(
-        common::arcs(&data)
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, scope.clone(), Kind::Fact, v))
-            .collect(),
+        common::arcs(&data).into_iter().enumerate().map(|(i, v)| (i as u64, scope.clone(), Kind::Fact, v)).collect(),
     );
     for id in (0..n as u64).step_by(5) {
         index.remove(id);
     }
-    assert!(
-        index.needs_rebuild(),
-        "20% tombstones is past a 10% threshold"
-    );
+    assert!(index.needs_rebuild(), "20% tombstones is past a 10% threshold");
     let queries = common::unit_vectors(50, 64, 18);
     let all = SearchFilter::all();
-    let exact: Vec<Vec<Hit>> = queries
-        .iter()
-        .map(|q| index.exact_search(q, 10, &all))
-        .collect();
+    let exact: Vec<Vec<Hit>> = queries.iter().map(|q| index.exact_search(q, 10, &all)).collect();
     index.rebuild_now();
     assert_eq!(index.tombstones(), 0);
     assert_eq!(index.graph_len(), n - n / 5);
     assert!(!index.needs_rebuild());
-    let approx: Vec<Vec<Hit>> = queries
-        .iter()
-        .map(|q| index.search_tuned(q, 10, &all, 160, 0))
-        .collect();
+    let approx: Vec<Vec<Hit>> = queries.iter().map(|q| index.search_tuned(q, 10, &all, 160, 0)).collect();
     let r = recall(&exact, &approx);
     assert!(r >= 0.95, "recall@10 after the rebuild = {r:.4}");
-    assert!(
-        approx.iter().flatten().all(|h| h.point % 5 != 0),
-        "a deleted point came back"
-    );
+    assert!(approx.iter().flatten().all(|h| h.point % 5 != 0), "a deleted point came back");
 }

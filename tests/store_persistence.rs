@@ -15,14 +15,7 @@ fn fill(store: &Store, n: usize, seed: u64) -> Vec<(Ulid, Vec<f32>)> {
     let entries = vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            common::fact(
-                "acme",
-                &format!("u{}", i % 7),
-                &format!("memory {seed}-{i}"),
-                v,
-            )
-        })
+        .map(|(i, v)| common::fact("acme", &format!("u{}", i % 7), &format!("memory {seed}-{i}"), v))
         .collect();
     let out = store.put_entries(entries).unwrap();
     out.iter().zip(vectors).map(|(o, v)| (o.id, v)).collect()
@@ -31,14 +24,7 @@ fn fill(store: &Store, n: usize, seed: u64) -> Vec<(Ulid, Vec<f32>)> {
 fn top_ids(store: &Store, queries: &[Vec<f32>]) -> Vec<Vec<Ulid>> {
     queries
         .iter()
-        .map(|q| {
-            store
-                .search(q, 5, &SearchFilter::all())
-                .unwrap()
-                .iter()
-                .map(|s| s.entry.ulid().unwrap())
-                .collect()
-        })
+        .map(|q| store.search(q, 5, &SearchFilter::all()).unwrap().iter().map(|s| s.entry.ulid().unwrap()).collect())
         .collect()
 }
 
@@ -55,10 +41,7 @@ fn same_results_after_restart_with_missing_and_with_corrupt_index() {
     assert!(expected.iter().all(|ids| ids.len() == 5));
 
     let store = common::open(dir.path());
-    assert_eq!(
-        store.index_load_outcome(),
-        &LoadOutcome::Loaded { caught_up: 0 }
-    );
+    assert_eq!(store.index_load_outcome(), &LoadOutcome::Loaded { caught_up: 0 });
     assert_eq!(top_ids(&store, &queries), expected);
     drop(store);
 
@@ -71,11 +54,7 @@ fn same_results_after_restart_with_missing_and_with_corrupt_index() {
 
     // Flip bytes in the middle of the saved vectors.
     let current = std::fs::read_to_string(dir.path().join("index/CURRENT")).unwrap();
-    let data = dir
-        .path()
-        .join("index")
-        .join(current.trim())
-        .join("graph.hnsw.data");
+    let data = dir.path().join("index").join(current.trim()).join("graph.hnsw.data");
     let mut bytes = std::fs::read(&data).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid..mid + 8].iter_mut().for_each(|b| *b ^= 0x5a);
@@ -104,10 +83,7 @@ fn a_stale_index_is_caught_up_and_deletes_made_after_the_save_hold() {
         (later, first.into_iter().take(50).collect::<Vec<_>>())
     };
     let store = common::open(dir.path());
-    assert_eq!(
-        store.index_load_outcome(),
-        &LoadOutcome::Loaded { caught_up: 100 }
-    );
+    assert_eq!(store.index_load_outcome(), &LoadOutcome::Loaded { caught_up: 100 });
     for (id, v) in &later {
         let hit = &store.search(v, 1, &SearchFilter::all()).unwrap()[0];
         assert_eq!(hit.entry.ulid(), Some(*id));
@@ -115,17 +91,10 @@ fn a_stale_index_is_caught_up_and_deletes_made_after_the_save_hold() {
     for (id, v) in &removed {
         assert!(store.get_entry(*id).unwrap().is_none());
         let hits = store.search(v, 3, &SearchFilter::all()).unwrap();
-        assert!(
-            hits.iter().all(|h| h.entry.ulid() != Some(*id)),
-            "a deleted entry came back"
-        );
+        assert!(hits.iter().all(|h| h.entry.ulid() != Some(*id)), "a deleted entry came back");
     }
     assert_eq!(store.index().len(), 1050);
-    assert!(
-        store.verify().unwrap().is_ok(),
-        "{:?}",
-        store.verify().unwrap().problems
-    );
+    assert!(store.verify().unwrap().is_ok(), "{:?}", store.verify().unwrap().problems);
 }
 
 #[test]
@@ -133,28 +102,16 @@ fn identical_text_in_one_scope_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = common::open(dir.path());
     let v = &common::unit_vectors(1, DIM, 5)[0];
-    let a = store
-        .put_entry(common::fact("acme", "alice", "likes tea", v))
-        .unwrap();
-    let b = store
-        .put_entry(common::fact("acme", "alice", "likes tea", v))
-        .unwrap();
-    let c = store
-        .put_entry(common::fact("acme", "bob", "likes tea", v))
-        .unwrap();
-    let d = store
-        .put_entry(common::fact("other", "alice", "likes tea", v))
-        .unwrap();
+    let a = store.put_entry(common::fact("acme", "alice", "likes tea", v)).unwrap();
+    let b = store.put_entry(common::fact("acme", "alice", "likes tea", v)).unwrap();
+    let c = store.put_entry(common::fact("acme", "bob", "likes tea", v)).unwrap();
+    let d = store.put_entry(common::fact("other", "alice", "likes tea", v)).unwrap();
     assert!(a.created && !b.created && c.created && d.created);
     assert_eq!(a.id, b.id);
     assert_ne!(a.id, c.id);
     // Within one batch too.
-    let batch = store
-        .put_entries(vec![
-            common::fact("acme", "carol", "x", v),
-            common::fact("acme", "carol", "x", v),
-        ])
-        .unwrap();
+    let batch =
+        store.put_entries(vec![common::fact("acme", "carol", "x", v), common::fact("acme", "carol", "x", v)]).unwrap();
     assert_eq!(batch[0].id, batch[1].id);
     assert_eq!(store.index().len(), 4);
 }
@@ -164,20 +121,9 @@ fn filters_keep_tenants_and_users_apart() {
     let dir = tempfile::tempdir().unwrap();
     let store = common::open(dir.path());
     let v = common::unit_vectors(3, DIM, 6);
-    store
-        .put_entry(common::fact("acme", "alice", "alice's", &v[0]))
-        .unwrap();
-    store
-        .put_entry(common::fact("acme", "bob", "bob's", &v[1]))
-        .unwrap();
-    store
-        .put_entry(common::fact(
-            "globex",
-            "alice",
-            "other tenant's alice",
-            &v[2],
-        ))
-        .unwrap();
+    store.put_entry(common::fact("acme", "alice", "alice's", &v[0])).unwrap();
+    store.put_entry(common::fact("acme", "bob", "bob's", &v[1])).unwrap();
+    store.put_entry(common::fact("globex", "alice", "other tenant's alice", &v[2])).unwrap();
     let only = |tenant: &str, user: &str| {
         SearchFilter::clause(ScopeClause {
             tenant: Some(tenant.into()),
@@ -190,22 +136,11 @@ fn filters_keep_tenants_and_users_apart() {
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].entry.text, "alice's");
     }
-    let page = store
-        .list_entries("acme", "alice", Some(Kind::Fact), 10, None)
-        .unwrap();
+    let page = store.list_entries("acme", "alice", Some(Kind::Fact), 10, None).unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(store.erase_user("acme", "alice").unwrap(), 1);
-    assert!(store
-        .search(&v[0], 10, &only("acme", "alice"))
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        store
-            .search(&v[2], 10, &only("globex", "alice"))
-            .unwrap()
-            .len(),
-        1
-    );
+    assert!(store.search(&v[0], 10, &only("acme", "alice")).unwrap().is_empty());
+    assert_eq!(store.search(&v[2], 10, &only("globex", "alice")).unwrap().len(), 1);
 }
 
 #[test]
@@ -214,16 +149,12 @@ fn listing_pages_through_everything_once() {
     let store = common::open(dir.path());
     let vectors = common::unit_vectors(25, DIM, 8);
     for (i, v) in vectors.iter().enumerate() {
-        store
-            .put_entry(common::fact("acme", "alice", &format!("m{i}"), v))
-            .unwrap();
+        store.put_entry(common::fact("acme", "alice", &format!("m{i}"), v)).unwrap();
     }
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = store
-            .list_entries("acme", "alice", None, 10, cursor.as_deref())
-            .unwrap();
+        let page = store.list_entries("acme", "alice", None, 10, cursor.as_deref()).unwrap();
         seen.extend(page.items.iter().map(|e| e.text.clone()));
         match page.next_cursor {
             Some(c) => cursor = Some(c),
@@ -231,9 +162,7 @@ fn listing_pages_through_everything_once() {
         }
     }
     assert_eq!(seen, (0..25).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    let err = store
-        .list_entries("acme", "bob", None, 10, cursor.as_deref().or(Some("00")))
-        .unwrap_err();
+    let err = store.list_entries("acme", "bob", None, 10, cursor.as_deref().or(Some("00"))).unwrap_err();
     assert!(err.to_string().contains("cursor"), "{err}");
 }
 
@@ -242,9 +171,7 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let store = common::open(dir.path());
     let v = common::unit_vectors(2, DIM, 9);
-    store
-        .put_entry(common::fact("acme", "alice", "first", &v[0]))
-        .unwrap();
+    store.put_entry(common::fact("acme", "alice", "first", &v[0])).unwrap();
     let cases: Vec<(engram::store::NewEntry, &str)> = vec![
         (common::fact("acme", "alice", "  ", &v[1]), "text is empty"),
         (common::fact("", "alice", "x", &v[1]), "tenant"),
@@ -257,27 +184,15 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
             },
             "metadata",
         ),
-        (
-            engram::store::NewEntry {
-                importance: Some(2.0),
-                ..common::fact("acme", "alice", "x", &v[1])
-            },
-            "importance",
-        ),
+        (engram::store::NewEntry { importance: Some(2.0), ..common::fact("acme", "alice", "x", &v[1]) }, "importance"),
     ];
     for (entry, needle) in cases {
         // Paired with a valid entry: the batch is all or nothing.
         let good = common::fact("acme", "alice", "valid but in a bad batch", &v[1]);
         let err = store.put_entries(vec![good, entry]).unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)));
-        assert!(
-            err.to_string().contains(needle),
-            "`{err}` should mention {needle}"
-        );
-        assert!(
-            err.to_string().contains("entry 1"),
-            "`{err}` should name the entry"
-        );
+        assert!(err.to_string().contains(needle), "`{err}` should mention {needle}");
+        assert!(err.to_string().contains("entry 1"), "`{err}` should name the entry");
     }
     assert_eq!(store.index().len(), 1);
     assert_eq!(store.stats().unwrap().entries, 1);
@@ -290,49 +205,22 @@ fn a_corrupt_record_is_reported_with_its_key() {
     let v = common::unit_vectors(2, DIM, 10);
     let bad_id = {
         let store = common::open(dir.path());
-        store
-            .put_entry(common::fact("acme", "alice", "fine", &v[0]))
-            .unwrap();
-        store
-            .put_entry(common::fact("acme", "alice", "to be damaged", &v[1]))
-            .unwrap()
-            .id
+        store.put_entry(common::fact("acme", "alice", "fine", &v[0])).unwrap();
+        store.put_entry(common::fact("acme", "alice", "to be damaged", &v[1])).unwrap().id
     };
     {
         let db = sled::open(dir.path().join("db")).unwrap();
-        db.open_tree("entries")
-            .unwrap()
-            .insert(bad_id.to_bytes(), &[0xff, 0xff, 0xff][..])
-            .unwrap();
+        db.open_tree("entries").unwrap().insert(bad_id.to_bytes(), &[0xff, 0xff, 0xff][..]).unwrap();
         db.flush().unwrap();
     }
     let store = common::open(dir.path());
-    let hex: String = bad_id
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = bad_id.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
     let err = store.get_entry(bad_id).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Corrupt { tree: "entries", key, .. } if *key == hex),
-        "{err}"
-    );
+    assert!(matches!(&err, StoreError::Corrupt { tree: "entries", key, .. } if *key == hex), "{err}");
     let report = store.verify().unwrap();
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains(&hex) && p.contains("entries")),
-        "{:?}",
-        report.problems
-    );
+    assert!(report.problems.iter().any(|p| p.contains(&hex) && p.contains("entries")), "{:?}", report.problems);
     // The healthy entry is still served.
-    assert_eq!(
-        store.search(&v[0], 1, &SearchFilter::all()).unwrap()[0]
-            .entry
-            .text,
-        "fine"
-    );
+    assert_eq!(store.search(&v[0], 1, &SearchFilter::all()).unwrap()[0].entry.text, "fine");
 }
 
 #[test]
@@ -341,15 +229,10 @@ fn a_database_from_a_newer_binary_is_refused() {
     drop(common::open(dir.path()));
     {
         let db = sled::open(dir.path().join("db")).unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .insert("schema_version", &99u32.to_be_bytes())
-            .unwrap();
+        db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(&common::config(dir.path()))
-        .err()
-        .expect("refused");
+    let err = Store::open(&common::config(dir.path())).err().expect("refused");
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }));
     assert!(err.to_string().contains("newer"), "{err}");
 }
@@ -384,25 +267,15 @@ fn sessions_and_documents_round_trip_and_documents_take_their_chunks_along() {
     };
     store.put_document(&doc).unwrap();
     assert_eq!(store.document_chunk_ids(doc_id).unwrap().len(), 3);
-    assert!(store
-        .get_document("other-tenant", doc_id)
-        .unwrap()
-        .is_none());
+    assert!(store.get_document("other-tenant", doc_id).unwrap().is_none());
     assert!(store.delete_document("acme", doc_id).unwrap());
     assert_eq!(store.index().len(), 0);
-    assert!(store
-        .search(&v[0], 3, &SearchFilter::all())
-        .unwrap()
-        .is_empty());
+    assert!(store.search(&v[0], 3, &SearchFilter::all()).unwrap().is_empty());
 
     let session = Session {
         id: "s1".into(),
         scope: Some(Scope::user("acme", "alice")),
-        turns: vec![Turn {
-            role: "user".into(),
-            content: "hello".into(),
-            ..Default::default()
-        }],
+        turns: vec![Turn { role: "user".into(), content: "hello".into(), ..Default::default() }],
         rolling_summary: "greeted".into(),
         ..Default::default()
     };
@@ -411,4 +284,35 @@ fn sessions_and_documents_round_trip_and_documents_take_their_chunks_along() {
     assert_eq!(store.get_session("globex", "s1").unwrap(), None);
     assert!(store.delete_session("acme", "s1").unwrap());
     assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn the_first_batch_fixes_one_width_and_edits_keep_indexes_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(dir.path());
+    let wide = common::unit_vectors(1, DIM, 13);
+    let narrow = common::unit_vectors(1, DIM / 2, 14);
+    let err = store
+        .put_entries(vec![common::fact("acme", "a", "w", &wide[0]), common::fact("acme", "a", "n", &narrow[0])])
+        .unwrap_err();
+    assert!(err.to_string().contains("entry 1") && err.to_string().contains("dimensions"), "{err}");
+    assert_eq!(store.stats().unwrap().dimension, None, "a refused batch fixes nothing");
+
+    let v = common::unit_vectors(2, DIM, 15);
+    let a = store.put_entry(common::fact("acme", "a", "tea", &v[0])).unwrap().id;
+    let b = store.put_entry(common::fact("acme", "a", "coffee", &v[1])).unwrap().id;
+    // An edit may not turn one memory into a copy of another.
+    let mut edited = store.get_entry(b).unwrap().unwrap();
+    edited.text = "tea".into();
+    assert!(store.replace_entry(edited).unwrap_err().to_string().contains(&a.to_string()));
+    // A real edit moves the hash key and the vector along.
+    let mut edited = store.get_entry(b).unwrap().unwrap();
+    edited.text = "green tea".into();
+    edited.embedding = v[0].iter().map(|x| -x).collect();
+    store.replace_entry(edited).unwrap();
+    let hit = &store.search(&v[0].iter().map(|x| -x).collect::<Vec<_>>(), 1, &SearchFilter::all()).unwrap()[0];
+    assert_eq!((hit.entry.ulid(), hit.entry.text.as_str()), (Some(b), "green tea"));
+    assert!(store.put_entry(common::fact("acme", "a", "coffee", &v[1])).unwrap().created, "the old text is free again");
+    assert_eq!(store.put_entry(common::fact("acme", "a", "green tea", &v[1])).unwrap().id, b);
+    assert!(store.verify().unwrap().is_ok(), "{:?}", store.verify().unwrap().problems);
 }

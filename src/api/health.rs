@@ -28,9 +28,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "status": "starting", "store": { "open": false }, "device": state.device }),
-            ),
+            Json(json!({ "status": "starting", "store": { "open": false }, "device": state.device })),
         ),
     }
 }

@@ -35,9 +35,7 @@ pub fn apply(router: Router, config: &ServerConfig) -> Result<Router, String> {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
         ));
-    let mut router = router
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(layers);
+    let mut router = router.layer(DefaultBodyLimit::max(config.body_limit_bytes)).layer(layers);
     if let Some(cors) = cors(&config.cors_allowed_origins)? {
         router = router.layer(cors);
     }
@@ -53,10 +51,7 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
     } else {
         let list = origins
             .iter()
-            .map(|o| {
-                HeaderValue::from_str(o)
-                    .map_err(|_| format!("server.cors_allowed_origins: bad origin `{o}`"))
-            })
+            .map(|o| HeaderValue::from_str(o).map_err(|_| format!("server.cors_allowed_origins: bad origin `{o}`")))
             .collect::<Result<Vec<_>, _>>()?;
         AllowOrigin::list(list)
     };
@@ -74,22 +69,14 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
 async fn json_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
-    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&body).trim().to_owned();
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_owned()
-    } else {
-        text
-    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
     ApiError::new(status, code_for(status), message).into_response()
 }
 
@@ -114,10 +101,7 @@ mod tests {
     fn app() -> Router {
         let routes = Router::new()
             .route("/echo", post(|body: Bytes| async move { body }))
-            .route(
-                "/slow",
-                get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }),
-            );
+            .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }));
         apply(routes, &config()).unwrap()
     }
 
@@ -125,11 +109,7 @@ mod tests {
         let res = app().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
         let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-        (
-            parts.status,
-            parts.headers,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        )
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
     fn error_code(body: &serde_json::Value) -> &str {
@@ -138,15 +118,11 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_body_is_413_in_the_json_shape() {
-        let req = Request::post("/echo")
-            .body(Body::from(vec![b'x'; 4096]))
-            .unwrap();
+        let req = Request::post("/echo").body(Body::from(vec![b'x'; 4096])).unwrap();
         let (status, _, body) = call(req).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error_code(&body), "payload_too_large");
-        assert!(body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
 
     #[tokio::test]
@@ -154,22 +130,13 @@ mod tests {
         let req = Request::post("/echo").body(Body::from("hi")).unwrap();
         let res = app().oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let id = res
-            .headers()
-            .get(REQUEST_ID)
-            .expect("x-request-id set")
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let id = res.headers().get(REQUEST_ID).expect("x-request-id set").to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36, "a UUID: {id}");
     }
 
     #[tokio::test]
     async fn a_caller_request_id_is_kept() {
-        let req = Request::post("/echo")
-            .header(REQUEST_ID, "abc-123")
-            .body(Body::from("hi"))
-            .unwrap();
+        let req = Request::post("/echo").header(REQUEST_ID, "abc-123").body(Body::from("hi")).unwrap();
         let res = app().oneshot(req).await.unwrap();
         assert_eq!(res.headers().get(REQUEST_ID).unwrap(), "abc-123");
     }
@@ -200,10 +167,7 @@ mod tests {
                 .unwrap()
         };
         let (_, headers, _) = call(preflight("https://app.example")).await;
-        assert_eq!(
-            headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(),
-            "https://app.example"
-        );
+        assert_eq!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(), "https://app.example");
         let (_, headers, _) = call(preflight("https://evil.example")).await;
         assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }

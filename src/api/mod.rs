@@ -24,10 +24,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(device: ResolvedDevice) -> Arc<Self> {
-        Arc::new(Self {
-            store: OnceLock::new(),
-            device,
-        })
+        Arc::new(Self { store: OnceLock::new(), device })
     }
 
     /// Makes the opened store available; the service is ready from then on.
@@ -41,8 +38,7 @@ impl AppState {
 
     /// The store, or 503 while it is still opening.
     pub fn ready_store(&self) -> Result<&Arc<Store>, ApiError> {
-        self.store()
-            .ok_or_else(|| ApiError::unavailable("the store is still opening"))
+        self.store().ok_or_else(|| ApiError::unavailable("the store is still opening"))
     }
 }
 

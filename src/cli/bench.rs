@@ -30,23 +30,27 @@ pub enum BenchCommand {
         ef: Vec<usize>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// `clustered`: points and queries drawn around 1,000 random centres, as text
+        /// embeddings are (they have far fewer degrees of freedom than dimensions).
+        /// `uniform`: directions uniform on the sphere, the worst case for any graph index.
+        #[arg(long, value_enum, default_value_t = Distribution::Clustered)]
+        distribution: Distribution,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distribution {
+    Clustered,
+    Uniform,
 }
 
 pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Index {
-            n,
-            dim,
-            queries,
-            k,
-            mut ef,
-            seed,
-        } => {
+        BenchCommand::Index { n, dim, queries, k, mut ef, seed, distribution } => {
             ef.push(settings.index.ef_search);
             ef.sort_unstable();
             ef.dedup();
-            bench_index(settings, n, dim, queries, k, &ef, seed);
+            bench_index(settings, IndexWorkload { n, dim, queries, k, seed, distribution }, &ef);
         }
     }
     Ok(())
@@ -70,6 +74,24 @@ pub fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<Arc<[f32]>> {
         .collect()
 }
 
+/// Points around `centres` random unit centres: each is its centre plus Gaussian noise
+/// of total length 0.75 (cosine about 0.8 to its centre), normalised. Points and queries
+/// drawn with the same `centres_seed` share the centres.
+pub fn clustered_unit_vectors(n: usize, dim: usize, centres: usize, centres_seed: u64, seed: u64) -> Vec<Arc<[f32]>> {
+    let centres = random_unit_vectors(centres, dim, centres_seed);
+    let noise = random_unit_vectors(n, dim, seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1));
+    noise
+        .iter()
+        .map(|g| {
+            let c = &centres[rng.gen_range(0..centres.len())];
+            let mut v: Vec<f32> = c.iter().zip(g.iter()).map(|(c, g)| c + 0.75 * g).collect();
+            normalize_vector(&mut v);
+            Arc::from(v)
+        })
+        .collect()
+}
+
 /// Share of the exact top-k found by the approximate search, over all queries.
 pub fn recall(exact: &[Vec<Hit>], approx: &[Vec<Hit>]) -> f64 {
     let (mut found, mut total) = (0usize, 0usize);
@@ -82,17 +104,12 @@ pub fn recall(exact: &[Vec<Hit>], approx: &[Vec<Hit>]) -> f64 {
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Runs `search` over all queries on one thread, then split across all cores; returns
 /// the results of the single-thread pass and both rates in queries per second.
-fn time_searches(
-    queries: &[Arc<[f32]>],
-    search: impl Fn(&[f32]) -> Vec<Hit> + Sync,
-) -> (Vec<Vec<Hit>>, f64, f64) {
+fn time_searches(queries: &[Arc<[f32]>], search: impl Fn(&[f32]) -> Vec<Hit> + Sync) -> (Vec<Vec<Hit>>, f64, f64) {
     let started = Instant::now();
     let results: Vec<Vec<Hit>> = queries.iter().map(|q| search(q)).collect();
     let one = queries.len() as f64 / started.elapsed().as_secs_f64();
@@ -108,36 +125,38 @@ fn time_searches(
     (results, one, all)
 }
 
-fn bench_index(
-    settings: &Settings,
+/// What `bench index` measures on.
+struct IndexWorkload {
     n: usize,
     dim: usize,
-    n_queries: usize,
+    queries: usize,
     k: usize,
-    efs: &[usize],
     seed: u64,
-) {
+    distribution: Distribution,
+}
+
+fn bench_index(settings: &Settings, w: IndexWorkload, efs: &[usize]) {
     let p = &settings.index;
+    let IndexWorkload { n, dim, queries: n_queries, k, seed, distribution } = w;
     println!(
-        "engram bench index: n={n} dim={dim} queries={n_queries} k={k} threads={}",
+        "engram bench index: n={n} dim={dim} queries={n_queries} k={k} data={distribution:?} threads={}",
         threads()
     );
-    println!(
-        "params: M={} ef_construction={} ef_search={}",
-        p.max_connections, p.ef_construction, p.ef_search
-    );
-    let data = random_unit_vectors(n, dim, seed);
-    let queries = random_unit_vectors(n_queries, dim, seed ^ 0x9e37_79b9);
+    println!("params: M={} ef_construction={} ef_search={}", p.max_connections, p.ef_construction, p.ef_search);
+    let (data, queries) = match distribution {
+        Distribution::Uniform => {
+            (random_unit_vectors(n, dim, seed), random_unit_vectors(n_queries, dim, seed ^ 0x9e37_79b9))
+        }
+        Distribution::Clustered => (
+            clustered_unit_vectors(n, dim, 1000, seed, seed + 1),
+            clustered_unit_vectors(n_queries, dim, 1000, seed, seed + 2),
+        ),
+    };
 
     let index = VectorIndex::new(p.clone());
     let scope = Scope::user("bench", "bench");
     let started = Instant::now();
-    index.insert_many(
-        data.iter()
-            .enumerate()
-            .map(|(i, v)| (i as u64, scope.clone(), Kind::Fact, v.clone()))
-            .collect(),
-    );
+    index.insert_many(data.iter().enumerate().map(|(i, v)| (i as u64, scope.clone(), Kind::Fact, v.clone())).collect());
     let build = started.elapsed();
     println!(
         "build: {:.2}s, {:.0} inserts/s (parallel insert on {} threads)",
@@ -149,22 +168,14 @@ fn bench_index(
     let all = SearchFilter::all();
     let (exact, exact_one, exact_all) = time_searches(&queries, |q| index.exact_search(q, k, &all));
     println!();
-    println!(
-        "{:<28} {:>10} {:>14} {:>14} {:>10}",
-        "method", "recall@10", "QPS 1 thread", "QPS all cores", "vs exact"
-    );
+    println!("{:<28} {:>10} {:>14} {:>14} {:>10}", "method", "recall@10", "QPS 1 thread", "QPS all cores", "vs exact");
     println!(
         "{:<28} {:>10.4} {:>14.0} {:>14.0} {:>10}",
         "exact brute force (baseline)", 1.0, exact_one, exact_all, "1.0x"
     );
     for &ef in efs {
-        let (approx, one, all_cores) =
-            time_searches(&queries, |q| index.search_tuned(q, k, &all, ef, 0));
-        let marker = if ef == p.ef_search {
-            " (configured)"
-        } else {
-            ""
-        };
+        let (approx, one, all_cores) = time_searches(&queries, |q| index.search_tuned(q, k, &all, ef, 0));
+        let marker = if ef == p.ef_search { " (configured)" } else { "" };
         println!(
             "{:<28} {:>10.4} {:>14.0} {:>14.0} {:>9.1}x",
             format!("hnsw ef={ef}{marker}"),

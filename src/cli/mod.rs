@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Overrides, Settings};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "engram",
-    version,
-    about = "Retrieval-augmented long-term memory for language models"
-)]
+#[command(name = "engram", version, about = "Retrieval-augmented long-term memory for language models")]
 pub struct Cli {
     /// A TOML file read on top of the built-in defaults (see config/default.toml).
     #[arg(long, global = true, env = "ENGRAM_CONFIG")]
@@ -51,11 +47,7 @@ impl Cli {
             Command::Serve { bind } => bind.clone(),
             _ => None,
         };
-        let overrides = Overrides {
-            bind,
-            data_dir: self.data_dir.clone(),
-            device: self.device.clone(),
-        };
+        let overrides = Overrides { bind, data_dir: self.data_dir.clone(), device: self.device.clone() };
         Settings::load(self.config.as_deref(), &overrides)
     }
 }

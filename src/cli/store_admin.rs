@@ -41,8 +41,7 @@ pub enum StoreCommand {
 
 fn open(settings: &Settings) -> anyhow::Result<Store> {
     let dir = &settings.store.data_dir;
-    Store::open(&settings.store_config())
-        .with_context(|| format!("opening the store in {}", dir.display()))
+    Store::open(&settings.store_config()).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
@@ -62,11 +61,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
                 report.documents,
                 report.sessions,
                 report.index_points,
-                if report.is_ok() {
-                    "ok".to_owned()
-                } else {
-                    format!("{} problem(s)", report.problems.len())
-                }
+                if report.is_ok() { "ok".to_owned() } else { format!("{} problem(s)", report.problems.len()) }
             );
             if !report.is_ok() {
                 bail!("verify found {} problem(s)", report.problems.len());
@@ -75,17 +70,12 @@ pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
         StoreCommand::RebuildIndex => {
             let started = std::time::Instant::now();
             store.rebuild_index()?;
-            println!(
-                "rebuilt the index over {} entries in {:.1?}",
-                store.index().len(),
-                started.elapsed()
-            );
+            println!("rebuilt the index over {} entries in {:.1?}", store.index().len(), started.elapsed());
         }
         StoreCommand::Export { output } => {
             let n = match output {
                 Some(path) => {
-                    let file = std::fs::File::create(&path)
-                        .with_context(|| format!("creating {}", path.display()))?;
+                    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
                     let mut out = BufWriter::new(file);
                     let n = store.export(&mut out)?;
                     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -98,8 +88,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
         StoreCommand::Import { input, batch } => {
             let reader: Box<dyn BufRead + Send> = match input {
                 Some(path) => Box::new(std::io::BufReader::new(
-                    std::fs::File::open(&path)
-                        .with_context(|| format!("opening {}", path.display()))?,
+                    std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
                 )),
                 None => Box::new(std::io::BufReader::new(std::io::stdin())),
             };

@@ -54,18 +54,14 @@ impl DeviceSpec {
     /// Resolves against the CUDA devices libtorch sees. Asking for a GPU that is not
     /// there is an error rather than a silent fall-back to a CPU a hundred times slower.
     pub fn resolve(self) -> Result<ResolvedDevice, String> {
-        let gpus = if tch::Cuda::is_available() {
-            tch::Cuda::device_count() as usize
-        } else {
-            0
-        };
+        let gpus = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
         match self {
             DeviceSpec::Auto if gpus > 0 => Ok(ResolvedDevice(tch::Device::Cuda(0))),
             DeviceSpec::Auto | DeviceSpec::Cpu => Ok(ResolvedDevice(tch::Device::Cpu)),
             DeviceSpec::Cuda(n) if n < gpus => Ok(ResolvedDevice(tch::Device::Cuda(n))),
-            DeviceSpec::Cuda(n) => Err(format!(
-                "model.device is cuda:{n}, but libtorch sees {gpus} CUDA device(s); use `auto` or `cpu`"
-            )),
+            DeviceSpec::Cuda(n) => {
+                Err(format!("model.device is cuda:{n}, but libtorch sees {gpus} CUDA device(s); use `auto` or `cpu`"))
+            }
         }
     }
 }

@@ -10,21 +10,14 @@ use super::records::{Document, Session};
 use super::Store;
 
 fn decode<T: Message + Default>(tree: &'static str, key: &[u8], value: &[u8]) -> Result<T> {
-    T::decode(value).map_err(|e| StoreError::Corrupt {
-        tree,
-        key: hex(key),
-        reason: e.to_string(),
-    })
+    T::decode(value).map_err(|e| StoreError::Corrupt { tree, key: hex(key), reason: e.to_string() })
 }
 
 impl Store {
     /// Writes a document record durably (create or replace).
     pub fn put_document(&self, doc: &Document) -> Result<()> {
-        let id: [u8; 16] = doc
-            .id
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::Invalid("document id must be 16 bytes".into()))?;
+        let id: [u8; 16] =
+            doc.id.as_ref().try_into().map_err(|_| StoreError::Invalid("document id must be 16 bytes".into()))?;
         self.trees.documents.insert(id, doc.encode_to_vec())?;
         self.flush()
     }
@@ -75,21 +68,11 @@ impl Store {
     }
 
     pub fn put_session(&self, session: &Session) -> Result<()> {
-        let tenant = session
-            .scope
-            .as_ref()
-            .map(|s| s.tenant.as_str())
-            .unwrap_or_default();
-        if tenant.is_empty() || session.id.is_empty() || session.id.len() > keys::MAX_KEY_COMPONENT
-        {
-            return Err(StoreError::Invalid(
-                "a session needs a tenant and an id of at most 512 bytes".into(),
-            ));
+        let tenant = session.scope.as_ref().map(|s| s.tenant.as_str()).unwrap_or_default();
+        if tenant.is_empty() || session.id.is_empty() || session.id.len() > keys::MAX_KEY_COMPONENT {
+            return Err(StoreError::Invalid("a session needs a tenant and an id of at most 512 bytes".into()));
         }
-        self.trees.sessions.insert(
-            keys::session_prefix(tenant, &session.id).finish(),
-            session.encode_to_vec(),
-        )?;
+        self.trees.sessions.insert(keys::session_prefix(tenant, &session.id).finish(), session.encode_to_vec())?;
         self.flush()
     }
 
@@ -120,9 +103,8 @@ impl Store {
     /// Removes the sessions and documents a user owns (their entries are deleted by the
     /// caller through the scope index).
     pub(super) fn delete_owned_records(&self, tenant: &str, user_id: &str) -> Result<()> {
-        let owned = |scope: Option<&super::records::Scope>| {
-            scope.is_some_and(|s| s.tenant == tenant && s.user_id == user_id)
-        };
+        let owned =
+            |scope: Option<&super::records::Scope>| scope.is_some_and(|s| s.tenant == tenant && s.user_id == user_id);
         for item in self.trees.sessions.iter() {
             let (k, v) = item?;
             let s: Session = decode("sessions", &k, &v)?;
@@ -132,10 +114,7 @@ impl Store {
         }
         for doc in self.list_documents(tenant)? {
             if owned(doc.scope.as_ref()) {
-                if let Some(id) = <[u8; 16]>::try_from(doc.id.as_ref())
-                    .ok()
-                    .map(Ulid::from_bytes)
-                {
+                if let Some(id) = <[u8; 16]>::try_from(doc.id.as_ref()).ok().map(Ulid::from_bytes) {
                     self.delete_document(tenant, id)?;
                 }
             }

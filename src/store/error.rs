@@ -13,28 +13,16 @@ pub enum StoreError {
     NotFound(String),
     /// A stored record does not decode. Carries the tree and key so it can be found.
     #[error("corrupt record in tree `{tree}` at key {key}: {reason}")]
-    Corrupt {
-        tree: &'static str,
-        key: String,
-        reason: String,
-    },
+    Corrupt { tree: &'static str, key: String, reason: String },
     /// The database was written by a newer engram.
     #[error(
         "the database at {path} has schema version {found}, newer than this binary \
          supports ({supported}); run a newer engram, or export with it and import here"
     )]
-    TooNew {
-        path: String,
-        found: u32,
-        supported: u32,
-    },
+    TooNew { path: String, found: u32, supported: u32 },
     /// A migration failed; the database is left at the last version that succeeded.
     #[error("migration {version} ({name}) failed: {reason}")]
-    Migration {
-        version: u32,
-        name: &'static str,
-        reason: String,
-    },
+    Migration { version: u32, name: &'static str, reason: String },
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error("i/o: {0}")]

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use super::error::{Result, StoreError};
-use super::records::{
-    memory_entry::Source, DocumentSource, Kind, MemoryEntry, Scope, SessionSource,
-};
+use super::records::{memory_entry::Source, DocumentSource, Kind, MemoryEntry, Scope, SessionSource};
 use super::records::{Document, DocumentStatus, Session, Turn};
 use super::write::NewEntry;
 use super::Store;
@@ -39,16 +37,8 @@ pub struct ScopeJson {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceJson {
-    Document {
-        document_id: Ulid,
-        chunk_index: u32,
-        char_start: u64,
-        char_end: u64,
-    },
-    Session {
-        session_id: String,
-        turn_index: u32,
-    },
+    Document { document_id: Ulid, chunk_index: u32, char_start: u64, char_end: u64 },
+    Session { session_id: String, turn_index: u32 },
 }
 
 /// An entry as exported. Without `id` an import stores it as a new memory
@@ -157,19 +147,12 @@ impl From<&Scope> for ScopeJson {
 
 impl From<ScopeJson> for Scope {
     fn from(s: ScopeJson) -> Self {
-        Self {
-            tenant: s.tenant,
-            user_id: s.user_id,
-            agent_id: s.agent_id,
-            session_id: s.session_id,
-        }
+        Self { tenant: s.tenant, user_id: s.user_id, agent_id: s.agent_id, session_id: s.session_id }
     }
 }
 
 fn ulid_of(bytes: &[u8]) -> Ulid {
-    <[u8; 16]>::try_from(bytes)
-        .map(Ulid::from_bytes)
-        .unwrap_or_default()
+    <[u8; 16]>::try_from(bytes).map(Ulid::from_bytes).unwrap_or_default()
 }
 
 impl From<&MemoryEntry> for EntryJson {
@@ -195,10 +178,9 @@ impl From<&MemoryEntry> for EntryJson {
                     char_start: d.char_start,
                     char_end: d.char_end,
                 },
-                Source::Session(s) => SourceJson::Session {
-                    session_id: s.session_id.clone(),
-                    turn_index: s.turn_index,
-                },
+                Source::Session(s) => {
+                    SourceJson::Session { session_id: s.session_id.clone(), turn_index: s.turn_index }
+                }
             }),
         }
     }
@@ -206,24 +188,13 @@ impl From<&MemoryEntry> for EntryJson {
 
 fn source_record(s: SourceJson) -> Source {
     match s {
-        SourceJson::Document {
-            document_id,
-            chunk_index,
-            char_start,
-            char_end,
-        } => Source::Document(DocumentSource {
+        SourceJson::Document { document_id, chunk_index, char_start, char_end } => Source::Document(DocumentSource {
             document_id: document_id.to_bytes().to_vec().into(),
             chunk_index,
             char_start,
             char_end,
         }),
-        SourceJson::Session {
-            session_id,
-            turn_index,
-        } => Source::Session(SessionSource {
-            session_id,
-            turn_index,
-        }),
+        SourceJson::Session { session_id, turn_index } => Source::Session(SessionSource { session_id, turn_index }),
     }
 }
 
@@ -301,22 +272,14 @@ impl From<&Document> for DocumentJson {
 
 impl DocumentJson {
     fn into_record(self) -> Result<Document> {
-        let status = [
-            DocumentStatus::Pending,
-            DocumentStatus::Ready,
-            DocumentStatus::Failed,
-            DocumentStatus::Unspecified,
-        ]
-        .into_iter()
-        .find(|s| status_name(*s) == self.status)
-        .ok_or_else(|| StoreError::Invalid(format!("unknown document status `{}`", self.status)))?;
+        let status =
+            [DocumentStatus::Pending, DocumentStatus::Ready, DocumentStatus::Failed, DocumentStatus::Unspecified]
+                .into_iter()
+                .find(|s| status_name(*s) == self.status)
+                .ok_or_else(|| StoreError::Invalid(format!("unknown document status `{}`", self.status)))?;
         let content_hash = (0..self.content_hash.len())
             .step_by(2)
-            .map(|i| {
-                self.content_hash
-                    .get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
+            .map(|i| self.content_hash.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(|| StoreError::Invalid("document content_hash is not hex".into()))?;
         let mut d = Document {
@@ -327,11 +290,7 @@ impl DocumentJson {
             metadata_json: json_string(&self.metadata),
             scope: Some(self.scope.into()),
             content_hash: content_hash.into(),
-            chunk_ids: self
-                .chunk_ids
-                .iter()
-                .map(|c| c.to_bytes().to_vec().into())
-                .collect(),
+            chunk_ids: self.chunk_ids.iter().map(|c| c.to_bytes().to_vec().into()).collect(),
             created_at_ms: self.created_at_ms,
             error: self.error,
             status: 0,
@@ -402,22 +361,20 @@ impl Store {
         };
         for item in self.trees.documents.iter() {
             let (k, v) = item?;
-            let d: Document =
-                prost::Message::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                    tree: "documents",
-                    key: hex(&k),
-                    reason: e.to_string(),
-                })?;
+            let d: Document = prost::Message::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                tree: "documents",
+                key: hex(&k),
+                reason: e.to_string(),
+            })?;
             line(ExportRecord::Document((&d).into()))?;
         }
         for item in self.trees.sessions.iter() {
             let (k, v) = item?;
-            let s: Session =
-                prost::Message::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                    tree: "sessions",
-                    key: hex(&k),
-                    reason: e.to_string(),
-                })?;
+            let s: Session = prost::Message::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
+                tree: "sessions",
+                key: hex(&k),
+                reason: e.to_string(),
+            })?;
             line(ExportRecord::Session((&s).into()))?;
         }
         for item in self.trees.entries.iter() {
@@ -435,8 +392,8 @@ impl Store {
     pub fn import_lines(&self, lines: &[(usize, String)]) -> Result<Vec<String>> {
         let mut parsed = Vec::with_capacity(lines.len());
         for (line_no, text) in lines {
-            let rec: ExportRecord = serde_json::from_str(text)
-                .map_err(|e| StoreError::Invalid(format!("line {line_no}: {e}")))?;
+            let rec: ExportRecord =
+                serde_json::from_str(text).map_err(|e| StoreError::Invalid(format!("line {line_no}: {e}")))?;
             parsed.push((line_no, rec));
         }
         let mut ids = vec![String::new(); parsed.len()];

@@ -46,10 +46,7 @@ pub fn scope_prefix(tenant: &str, user_id: &str) -> KeyBuf {
 }
 
 pub fn scope_key(scope: &Scope, kind: i32, id: Ulid) -> Vec<u8> {
-    scope_prefix(&scope.tenant, &scope.user_id)
-        .byte(kind as u8)
-        .ulid(id)
-        .finish()
+    scope_prefix(&scope.tenant, &scope.user_id).byte(kind as u8).ulid(id).finish()
 }
 
 /// `by_hash`: the full scope, kind and content hash. One text per scope and kind.

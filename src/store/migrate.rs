@@ -27,15 +27,11 @@ const VERSION_KEY: &[u8] = b"schema_version";
 
 pub fn stored_version(db: &sled::Db) -> Result<Option<u32>> {
     let meta = db.open_tree("meta")?;
-    Ok(meta
-        .get(VERSION_KEY)?
-        .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
-        .map(u32::from_be_bytes))
+    Ok(meta.get(VERSION_KEY)?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map(u32::from_be_bytes))
 }
 
 fn set_version(db: &sled::Db, version: u32) -> Result<()> {
-    db.open_tree("meta")?
-        .insert(VERSION_KEY, &version.to_be_bytes())?;
+    db.open_tree("meta")?.insert(VERSION_KEY, &version.to_be_bytes())?;
     db.flush()?;
     Ok(())
 }
@@ -45,23 +41,11 @@ fn set_version(db: &sled::Db, version: u32) -> Result<()> {
 pub fn run(db: &sled::Db, path: &Path) -> Result<()> {
     let found = stored_version(db)?.unwrap_or(0);
     if found > CURRENT_SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.display().to_string(),
-            found,
-            supported: CURRENT_SCHEMA_VERSION,
-        });
+        return Err(StoreError::TooNew { path: path.display().to_string(), found, supported: CURRENT_SCHEMA_VERSION });
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
-        tracing::info!(
-            version = m.version,
-            name = m.name,
-            "applying store migration"
-        );
-        (m.apply)(db).map_err(|reason| StoreError::Migration {
-            version: m.version,
-            name: m.name,
-            reason,
-        })?;
+        tracing::info!(version = m.version, name = m.name, "applying store migration");
+        (m.apply)(db).map_err(|reason| StoreError::Migration { version: m.version, name: m.name, reason })?;
         set_version(db, m.version)?;
     }
     Ok(())

@@ -28,10 +28,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
-pub use index::{
-    normalize as normalize_vector, Hit, IndexParams, LoadOutcome, ScopeClause, SearchFilter,
-    VectorIndex,
-};
+pub use index::{normalize as normalize_vector, Hit, IndexParams, LoadOutcome, ScopeClause, SearchFilter, VectorIndex};
 pub use migrate::{CURRENT_SCHEMA_VERSION, MIGRATIONS};
 pub use read::{Page, ScoredEntry};
 pub use verify::VerifyReport;
@@ -169,9 +166,7 @@ impl Store {
 
     /// Saves the vector index if it changed since the last save.
     pub fn save_index(&self) -> Result<bool> {
-        self.index
-            .save(&self.index_dir())
-            .map_err(StoreError::Index)
+        self.index.save(&self.index_dir()).map_err(StoreError::Index)
     }
 
     /// Throws the graph away and builds it again from the live entries.
@@ -186,9 +181,7 @@ impl Store {
         for item in self.trees.entries.iter() {
             let (key, value) = item?;
             entries += 1;
-            let kind = read::decode_entry(&key, &value)
-                .map(|e| e.kind().name())
-                .unwrap_or("corrupt");
+            let kind = read::decode_entry(&key, &value).map(|e| e.kind().name()).unwrap_or("corrupt");
             *entries_by_kind.entry(kind.to_owned()).or_insert(0) += 1;
         }
         Ok(Stats {
@@ -208,10 +201,7 @@ impl Store {
     /// A new id, greater than every id this process made before.
     pub fn new_id(&self) -> ulid::Ulid {
         // The generator fails only when 2^80 ids are asked for within one millisecond.
-        self.ids
-            .lock()
-            .generate()
-            .unwrap_or_else(|_| ulid::Ulid::new())
+        self.ids.lock().generate().unwrap_or_else(|_| ulid::Ulid::new())
     }
 
     fn allocate_point(&self) -> u64 {

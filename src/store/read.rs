@@ -15,11 +15,7 @@ use super::Store;
 
 /// Decodes an `entries` record, naming its key when it does not decode.
 pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<MemoryEntry> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree: "entries",
-        key: hex(key),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { tree: "entries", key: hex(key), reason };
     let entry = MemoryEntry::decode(value).map_err(|e| corrupt(e.to_string()))?;
     if entry.id.as_ref() != key {
         return Err(corrupt("the record's id differs from its key".into()));
@@ -103,9 +99,9 @@ impl Store {
         let prefix = prefix.finish();
         let start = match cursor {
             Some(c) => {
-                let after = unhex(c).filter(|k| k.starts_with(&prefix)).ok_or_else(|| {
-                    StoreError::Invalid(format!("cursor `{c}` does not belong to this listing"))
-                })?;
+                let after = unhex(c)
+                    .filter(|k| k.starts_with(&prefix))
+                    .ok_or_else(|| StoreError::Invalid(format!("cursor `{c}` does not belong to this listing")))?;
                 // Resume just past the cursor key.
                 let mut next = after;
                 next.push(0);
@@ -136,43 +132,22 @@ impl Store {
         let more = last_key.as_ref().is_some_and(|k| {
             let mut after = k.to_vec();
             after.push(0);
-            self.trees
-                .by_scope
-                .range(after..)
-                .next()
-                .is_some_and(|n| n.is_ok_and(|(n, _)| n.starts_with(&prefix)))
+            self.trees.by_scope.range(after..).next().is_some_and(|n| n.is_ok_and(|(n, _)| n.starts_with(&prefix)))
         });
-        Ok(Page {
-            items,
-            next_cursor: if more {
-                last_key.map(|k| hex(&k))
-            } else {
-                None
-            },
-        })
+        Ok(Page { items, next_cursor: if more { last_key.map(|k| hex(&k)) } else { None } })
     }
 
     /// The `k` entries most similar to `query` among those `filter` admits, best first.
     /// The query need not be unit length.
-    pub fn search(
-        &self,
-        query: &[f32],
-        k: usize,
-        filter: &SearchFilter,
-    ) -> Result<Vec<ScoredEntry>> {
+    pub fn search(&self, query: &[f32], k: usize, filter: &SearchFilter) -> Result<Vec<ScoredEntry>> {
         let mut q = query.to_vec();
         if let Some(dim) = *self.dimension.lock() {
             if q.len() != dim {
-                return Err(StoreError::Invalid(format!(
-                    "query has {} dimensions, the store holds {dim}",
-                    q.len()
-                )));
+                return Err(StoreError::Invalid(format!("query has {} dimensions, the store holds {dim}", q.len())));
             }
         }
         if !normalize(&mut q) {
-            return Err(StoreError::Invalid(
-                "query vector is zero or not finite".into(),
-            ));
+            return Err(StoreError::Invalid("query vector is zero or not finite".into()));
         }
         let hits = self.index.search(&q, k, filter);
         self.resolve_hits(hits.into_iter().map(|h| (h.point, h.similarity)))
@@ -180,10 +155,7 @@ impl Store {
 
     /// Maps index points to their entries. A point whose entry vanished in between (a
     /// concurrent delete) is skipped.
-    pub(crate) fn resolve_hits(
-        &self,
-        hits: impl Iterator<Item = (u64, f32)>,
-    ) -> Result<Vec<ScoredEntry>> {
+    pub(crate) fn resolve_hits(&self, hits: impl Iterator<Item = (u64, f32)>) -> Result<Vec<ScoredEntry>> {
         let mut out = Vec::new();
         for (point, similarity) in hits {
             let Some(id) = self.trees.points.get(keys::point_key(point))? else {
@@ -204,8 +176,5 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }

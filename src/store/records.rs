@@ -37,9 +37,7 @@ impl FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                format!("unknown kind `{s}` (expected knowledge, episodic, fact or summary)")
-            })
+            .ok_or_else(|| format!("unknown kind `{s}` (expected knowledge, episodic, fact or summary)"))
     }
 }
 
@@ -53,18 +51,11 @@ impl MemoryEntry {
 impl Scope {
     /// A scope with only a tenant and a user, the common case.
     pub fn user(tenant: impl Into<String>, user_id: impl Into<String>) -> Self {
-        Scope {
-            tenant: tenant.into(),
-            user_id: user_id.into(),
-            ..Default::default()
-        }
+        Scope { tenant: tenant.into(), user_id: user_id.into(), ..Default::default() }
     }
 }
 
 /// Milliseconds since the Unix epoch, the unit of every stored timestamp.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

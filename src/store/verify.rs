@@ -44,39 +44,25 @@ impl Store {
                     continue;
                 }
             };
-            let id = e
-                .ulid()
-                .expect("decode_entry checked the id against the key");
+            let id = e.ulid().expect("decode_entry checked the id against the key");
             let at = format!("entry {id}");
             ids.insert(id);
             points.insert(e.point_id);
             let scope = e.scope.clone().unwrap_or_default();
             if t.points.get(keys::point_key(e.point_id))?.as_deref() != Some(&id.to_bytes()[..]) {
-                problems.push(format!(
-                    "{at}: point {} does not map back to it",
-                    e.point_id
-                ));
+                problems.push(format!("{at}: point {} does not map back to it", e.point_id));
             }
-            if !t
-                .by_scope
-                .contains_key(keys::scope_key(&scope, e.kind, id))?
-            {
+            if !t.by_scope.contains_key(keys::scope_key(&scope, e.kind, id))? {
                 problems.push(format!("{at}: missing from by_scope"));
             }
-            if t.by_hash
-                .get(keys::hash_key(&scope, e.kind, &e.content_hash))?
-                .is_none()
-            {
+            if t.by_hash.get(keys::hash_key(&scope, e.kind, &e.content_hash))?.is_none() {
                 problems.push(format!("{at}: its content hash is missing from by_hash"));
             }
             if blake3::hash(e.text.as_bytes()).as_bytes() != e.content_hash.as_ref() {
                 problems.push(format!("{at}: content hash does not match its text"));
             }
             if dim.is_some_and(|d| d != e.embedding.len()) {
-                problems.push(format!(
-                    "{at}: embedding has {} dimensions, the store {dim:?}",
-                    e.embedding.len()
-                ));
+                problems.push(format!("{at}: embedding has {} dimensions, the store {dim:?}", e.embedding.len()));
             }
             let norm = e.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
             if (norm - 1.0).abs() > 1e-3 {
@@ -86,17 +72,13 @@ impl Store {
                 problems.push(format!("{at}: not in the vector index"));
             }
         }
-        let dangling =
-            |tree: &'static str, key: &[u8], id: Option<Ulid>, problems: &mut Vec<String>| {
-                if !id.is_some_and(|id| ids.contains(&id)) {
-                    problems.push(format!("{tree} key {} points at no entry", hex(key)));
-                }
-            };
-        for (tree, name) in [
-            (&t.by_scope, "by_scope"),
-            (&t.by_document, "by_document"),
-            (&t.by_session, "by_session"),
-        ] {
+        let dangling = |tree: &'static str, key: &[u8], id: Option<Ulid>, problems: &mut Vec<String>| {
+            if !id.is_some_and(|id| ids.contains(&id)) {
+                problems.push(format!("{tree} key {} points at no entry", hex(key)));
+            }
+        };
+        for (tree, name) in [(&t.by_scope, "by_scope"), (&t.by_document, "by_document"), (&t.by_session, "by_session")]
+        {
             for key in tree.iter().keys() {
                 let key = key?;
                 dangling(name, &key, keys::trailing_ulid(&key), &mut problems);
@@ -109,10 +91,7 @@ impl Store {
         }
         let index_points = self.index.len();
         if index_points != ids.len() {
-            problems.push(format!(
-                "the vector index holds {index_points} live points, sled {} entries",
-                ids.len()
-            ));
+            problems.push(format!("the vector index holds {index_points} live points, sled {} entries", ids.len()));
         }
         let missing = self.index.missing_from_graph();
         if missing > 0 {
@@ -123,10 +102,7 @@ impl Store {
             let (k, v) = item?;
             documents += 1;
             if let Err(e) = Document::decode(v.as_ref()) {
-                problems.push(format!(
-                    "corrupt record in tree `documents` at key {}: {e}",
-                    hex(&k)
-                ));
+                problems.push(format!("corrupt record in tree `documents` at key {}: {e}", hex(&k)));
             }
         }
         let mut sessions = 0;
@@ -134,18 +110,9 @@ impl Store {
             let (k, v) = item?;
             sessions += 1;
             if let Err(e) = Session::decode(v.as_ref()) {
-                problems.push(format!(
-                    "corrupt record in tree `sessions` at key {}: {e}",
-                    hex(&k)
-                ));
+                problems.push(format!("corrupt record in tree `sessions` at key {}: {e}", hex(&k)));
             }
         }
-        Ok(VerifyReport {
-            entries: ids.len(),
-            documents,
-            sessions,
-            index_points,
-            problems,
-        })
+        Ok(VerifyReport { entries: ids.len(), documents, sessions, index_points, problems })
     }
 }

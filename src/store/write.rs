@@ -57,9 +57,7 @@ fn validate_scope(scope: &Scope) -> Result<()> {
         ("session_id", &scope.session_id),
     ] {
         if value.len() > MAX_KEY_COMPONENT {
-            return Err(invalid(format!(
-                "scope.{name} is longer than {MAX_KEY_COMPONENT} bytes"
-            )));
+            return Err(invalid(format!("scope.{name} is longer than {MAX_KEY_COMPONENT} bytes")));
         }
     }
     Ok(())
@@ -75,9 +73,7 @@ impl NewEntry {
         };
         let importance = self.importance.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&importance) {
-            return Err(invalid(format!(
-                "importance must be within 0..1, got {importance}"
-            )));
+            return Err(invalid(format!("importance must be within 0..1, got {importance}")));
         }
         let mut entry = MemoryEntry {
             id: id.to_bytes().to_vec().into(),
@@ -114,16 +110,13 @@ struct IndexKeys {
 fn index_keys(entry: &MemoryEntry, id: Ulid) -> IndexKeys {
     let scope = entry.scope.clone().unwrap_or_default();
     let document = match &entry.source {
-        Some(Source::Document(d)) => <[u8; 16]>::try_from(d.document_id.as_ref())
-            .ok()
-            .map(|b| keys::document_key(Ulid::from_bytes(b), id)),
+        Some(Source::Document(d)) => {
+            <[u8; 16]>::try_from(d.document_id.as_ref()).ok().map(|b| keys::document_key(Ulid::from_bytes(b), id))
+        }
         _ => None,
     };
-    let session = (!scope.session_id.is_empty()).then(|| {
-        keys::session_prefix(&scope.tenant, &scope.session_id)
-            .ulid(id)
-            .finish()
-    });
+    let session = (!scope.session_id.is_empty())
+        .then(|| keys::session_prefix(&scope.tenant, &scope.session_id).ulid(id).finish());
     IndexKeys {
         scope: keys::scope_key(&scope, entry.kind, id),
         hash: keys::hash_key(&scope, entry.kind, &entry.content_hash),
@@ -140,9 +133,7 @@ fn tx_insert(
     entry: &MemoryEntry,
     id: Ulid,
 ) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
-    let [entries, by_scope, by_hash, by_document, by_session, points] = tx else {
-        unreachable!()
-    };
+    let [entries, by_scope, by_hash, by_document, by_session, points] = tx else { unreachable!() };
     let k = index_keys(entry, id);
     entries.insert(&id.to_bytes(), entry.encode_to_vec())?;
     by_scope.insert(k.scope, &[])?;
@@ -162,9 +153,7 @@ fn tx_remove(
     entry: &MemoryEntry,
     id: Ulid,
 ) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
-    let [entries, by_scope, by_hash, by_document, by_session, points] = tx else {
-        unreachable!()
-    };
+    let [entries, by_scope, by_hash, by_document, by_session, points] = tx else { unreachable!() };
     let k = index_keys(entry, id);
     entries.remove(&id.to_bytes())?;
     by_scope.remove(k.scope)?;
@@ -180,6 +169,16 @@ fn tx_remove(
     }
     points.remove(&k.point)?;
     Ok(())
+}
+
+/// What a write does when its text is already stored, in the same scope and kind,
+/// under another id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnDuplicate {
+    /// Store nothing and answer with the existing id.
+    ReturnExisting,
+    /// Fail: an edit must not silently turn into a no-op.
+    Reject,
 }
 
 /// A change to commit: entries to write (replacing any with the same id) and to delete.
@@ -204,7 +203,7 @@ impl Store {
             })?;
             records.push(record);
         }
-        self.commit(records, true)
+        self.commit(records, OnDuplicate::ReturnExisting)
     }
 
     /// Stores one new entry; see [`Store::put_entries`].
@@ -213,24 +212,19 @@ impl Store {
     }
 
     /// Stores complete records as they are (an import): ids, timestamps and counters are
-    /// kept, and a record whose id exists replaces it.
+    /// kept, and a record whose id exists replaces it. A record whose text is already
+    /// stored under another id resolves to that id, as for new entries.
     pub fn import_entries(&self, records: Vec<MemoryEntry>) -> Result<Vec<Ulid>> {
-        Ok(self
-            .commit(records, false)?
-            .into_iter()
-            .map(|o| o.id)
-            .collect())
+        Ok(self.commit(records, OnDuplicate::ReturnExisting)?.into_iter().map(|o| o.id).collect())
     }
 
     /// Replaces a stored entry (same id) with `entry`, e.g. after an edit.
     pub fn replace_entry(&self, entry: MemoryEntry) -> Result<()> {
-        let id = entry
-            .ulid()
-            .ok_or_else(|| invalid("entry id must be 16 bytes"))?;
+        let id = entry.ulid().ok_or_else(|| invalid("entry id must be 16 bytes"))?;
         if !self.trees.entries.contains_key(id.to_bytes())? {
             return Err(StoreError::NotFound(format!("memory {id}")));
         }
-        self.commit(vec![entry], false).map(|_| ())
+        self.commit(vec![entry], OnDuplicate::Reject).map(|_| ())
     }
 
     /// Deletes entries by id; returns the ids that existed.
@@ -254,9 +248,16 @@ impl Store {
     }
 
     /// Validates, deduplicates and writes `records` atomically, then flushes.
-    fn commit(&self, mut records: Vec<MemoryEntry>, dedupe: bool) -> Result<Vec<PutOutcome>> {
+    fn commit(&self, mut records: Vec<MemoryEntry>, on_duplicate: OnDuplicate) -> Result<Vec<PutOutcome>> {
+        let width = records.first().map(|r| r.embedding.len());
         for (i, r) in records.iter_mut().enumerate() {
-            self.validate_record(r).map_err(|e| match e {
+            let checked = match width {
+                Some(w) if r.embedding.len() != w => {
+                    Err(invalid(format!("embedding has {} dimensions, entry 0 has {w}", r.embedding.len())))
+                }
+                _ => self.validate_record(r),
+            };
+            checked.map_err(|e| match e {
                 StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
                 other => other,
             })?;
@@ -271,23 +272,18 @@ impl Store {
                 let id = record.ulid().expect("validated");
                 let scope = record.scope.clone().unwrap_or_default();
                 let hkey = keys::hash_key(&scope, record.kind, &record.content_hash);
-                if dedupe {
-                    let existing = match in_batch.get(&hkey) {
-                        Some(id) => Some(*id),
-                        None => self
-                            .trees
-                            .by_hash
-                            .get(&hkey)?
-                            .as_deref()
-                            .and_then(keys::ulid_from_key),
-                    };
-                    if let Some(existing) = existing {
-                        outcomes.push(PutOutcome {
-                            id: existing,
-                            created: false,
-                        });
-                        continue;
+                let existing = match in_batch.get(&hkey) {
+                    Some(id) => Some(*id),
+                    None => self.trees.by_hash.get(&hkey)?.as_deref().and_then(keys::ulid_from_key),
+                };
+                // The same text under another id: one copy is kept. (A record replacing
+                // itself, as an import of an existing id does, goes through.)
+                if let Some(existing) = existing.filter(|e| *e != id) {
+                    if on_duplicate == OnDuplicate::Reject {
+                        return Err(invalid(format!("memory {existing} already holds this text")));
                     }
+                    outcomes.push(PutOutcome { id: existing, created: false });
+                    continue;
                 }
                 in_batch.insert(hkey, id);
                 let old = self.get_entry(id)?;
@@ -302,32 +298,19 @@ impl Store {
     }
 
     fn validate_record(&self, r: &mut MemoryEntry) -> Result<()> {
-        r.ulid()
-            .ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
+        r.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
         if Kind::try_from(r.kind).map_or(true, |k| k == Kind::Unspecified) {
-            return Err(invalid(format!(
-                "kind {} is not one of knowledge, episodic, fact, summary",
-                r.kind
-            )));
+            return Err(invalid(format!("kind {} is not one of knowledge, episodic, fact, summary", r.kind)));
         }
         if r.text.trim().is_empty() {
             return Err(invalid("text is empty"));
         }
         if r.text.len() > MAX_TEXT_BYTES {
-            return Err(invalid(format!(
-                "text is longer than {MAX_TEXT_BYTES} bytes"
-            )));
+            return Err(invalid(format!("text is longer than {MAX_TEXT_BYTES} bytes")));
         }
-        validate_scope(
-            r.scope
-                .as_ref()
-                .ok_or_else(|| invalid("scope is required"))?,
-        )?;
+        validate_scope(r.scope.as_ref().ok_or_else(|| invalid("scope is required"))?)?;
         if !r.metadata_json.is_empty()
-            && !matches!(
-                serde_json::from_str(&r.metadata_json),
-                Ok(serde_json::Value::Object(_))
-            )
+            && !matches!(serde_json::from_str(&r.metadata_json), Ok(serde_json::Value::Object(_)))
         {
             return Err(invalid("metadata must be a JSON object"));
         }
@@ -336,10 +319,7 @@ impl Store {
         }
         if let Some(dim) = *self.dimension.lock() {
             if r.embedding.len() != dim {
-                return Err(invalid(format!(
-                    "embedding has {} dimensions, the store holds {dim}",
-                    r.embedding.len()
-                )));
+                return Err(invalid(format!("embedding has {} dimensions, the store holds {dim}", r.embedding.len())));
             }
         }
         // Vectors already of unit length are kept bit for bit (an export and re-import
@@ -357,15 +337,11 @@ impl Store {
         let mut current = self.dimension.lock();
         match (*current, dim) {
             (None, Some(d)) => {
-                self.trees
-                    .meta
-                    .insert(DIMENSION_KEY, &(d as u32).to_be_bytes())?;
+                self.trees.meta.insert(DIMENSION_KEY, &(d as u32).to_be_bytes())?;
                 *current = Some(d);
             }
             (Some(have), Some(d)) if have != d => {
-                return Err(invalid(format!(
-                    "embedding has {d} dimensions, the store holds {have}"
-                )));
+                return Err(invalid(format!("embedding has {d} dimensions, the store holds {have}")));
             }
             _ => {}
         }
@@ -376,14 +352,7 @@ impl Store {
     /// Called with the write lock held.
     fn apply(&self, change: &ChangeSet) -> Result<()> {
         let t = &self.trees;
-        let trees = [
-            &t.entries,
-            &t.by_scope,
-            &t.by_hash,
-            &t.by_document,
-            &t.by_session,
-            &t.points,
-        ];
+        let trees = [&t.entries, &t.by_scope, &t.by_hash, &t.by_document, &t.by_session, &t.points];
         trees[..].transaction(|tx| {
             for old in &change.delete {
                 tx_remove(tx, old, old.ulid().expect("stored ids are valid"))?;
@@ -404,14 +373,7 @@ impl Store {
         let new: Vec<_> = change
             .put
             .iter()
-            .map(|(r, _)| {
-                (
-                    r.point_id,
-                    r.scope.clone().unwrap_or_default(),
-                    r.kind(),
-                    Arc::from(&r.embedding[..]),
-                )
-            })
+            .map(|(r, _)| (r.point_id, r.scope.clone().unwrap_or_default(), r.kind(), Arc::from(&r.embedding[..])))
             .collect();
         match new.len() {
             0 => {}

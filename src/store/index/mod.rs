@@ -60,21 +60,13 @@ impl Default for IndexParams {
 impl IndexParams {
     pub fn validate(&self) -> Result<(), String> {
         if !(2..=256).contains(&self.max_connections) {
-            return Err(format!(
-                "index.max_connections must be 2..=256, got {}",
-                self.max_connections
-            ));
+            return Err(format!("index.max_connections must be 2..=256, got {}", self.max_connections));
         }
         if self.ef_construction == 0 || self.ef_search == 0 {
             return Err("index.ef_construction and index.ef_search must be positive".into());
         }
-        if !(0.0..=1.0).contains(&self.rebuild_tombstone_ratio)
-            || !(0.0..=1.0).contains(&self.catch_up_max_ratio)
-        {
-            return Err(
-                "index.rebuild_tombstone_ratio and index.catch_up_max_ratio must be within 0..1"
-                    .into(),
-            );
+        if !(0.0..=1.0).contains(&self.rebuild_tombstone_ratio) || !(0.0..=1.0).contains(&self.catch_up_max_ratio) {
+            return Err("index.rebuild_tombstone_ratio and index.catch_up_max_ratio must be within 0..1".into());
         }
         Ok(())
     }
@@ -93,13 +85,7 @@ const MAX_LAYERS: usize = 16;
 type Graph = Hnsw<'static, f32, UnitCosine>;
 
 fn new_graph(params: &IndexParams, capacity: usize) -> Graph {
-    let mut g = Hnsw::new(
-        params.max_connections,
-        capacity.max(1024),
-        MAX_LAYERS,
-        params.ef_construction,
-        UnitCosine,
-    );
+    let mut g = Hnsw::new(params.max_connections, capacity.max(1024), MAX_LAYERS, params.ef_construction, UnitCosine);
     // Fill empty neighbour slots with pruned candidates: better connectivity after deletes.
     g.set_keeping_pruned(true);
     g
@@ -162,10 +148,7 @@ impl VectorIndex {
             self.stage(*point, scope, *kind, vector.clone());
         }
         let graph = self.graph.read().clone();
-        let batch: Vec<(&[f32], usize)> = points
-            .iter()
-            .map(|(p, _, _, v)| (&v[..], *p as usize))
-            .collect();
+        let batch: Vec<(&[f32], usize)> = points.iter().map(|(p, _, _, v)| (&v[..], *p as usize)).collect();
         graph.parallel_insert_slice(&batch);
         self.version.fetch_add(1, Ordering::Relaxed);
     }
@@ -205,13 +188,7 @@ impl VectorIndex {
     /// The `k` live points most similar to the unit vector `query` among those the
     /// filter admits, best first.
     pub fn search(&self, query: &[f32], k: usize, filter: &SearchFilter) -> Vec<Hit> {
-        self.search_tuned(
-            query,
-            k,
-            filter,
-            self.params.ef_search,
-            self.params.exact_search_threshold,
-        )
+        self.search_tuned(query, k, filter, self.params.ef_search, self.params.exact_search_threshold)
     }
 
     /// [`VectorIndex::search`] with another candidate list size and exact-scan threshold
@@ -235,24 +212,26 @@ impl VectorIndex {
         }
         let wanted = k.min(admitted);
         let graph = self.graph.read().clone();
-        let admit = |id: &usize| {
-            table
-                .get(*id as u64)
-                .is_some_and(|p| compiled.admits(&p.label))
-        };
+        let admit = |id: &usize| table.get(*id as u64).is_some_and(|p| compiled.admits(&p.label));
+        let to_hits =
+            |found: Vec<Neighbour>| found.into_iter().map(|n| Hit { point: n.d_id as u64, similarity: 1.0 - n.distance });
+        // With no scope filter and no tombstones the walk needs no filter at all, which is
+        // faster (hnsw_rs stops early). The counts can agree for an instant while an
+        // insert is half-way, so the few results are still checked against the table.
+        if compiled.admits_all() && graph.get_nb_point() == table.len() {
+            let hits: Vec<Hit> =
+                to_hits(graph.search(query, k, ef_search.max(k))).filter(|h| table.get(h.point).is_some()).collect();
+            if hits.len() >= wanted {
+                return hits;
+            }
+        }
         // A very selective filter can starve the walk of admitted nodes; widen it, and in
         // the end fall back to the exact scan so the caller always gets what exists.
         let mut ef = ef_search.max(k);
         for _ in 0..3 {
             let found = graph.search_filter(query, k, ef, Some(&admit));
             if found.len() >= wanted {
-                return found
-                    .into_iter()
-                    .map(|n| Hit {
-                        point: n.d_id as u64,
-                        similarity: 1.0 - n.distance,
-                    })
-                    .collect();
+                return to_hits(found).collect();
             }
             ef *= 4;
         }
@@ -270,18 +249,18 @@ impl VectorIndex {
     pub fn missing_from_graph(&self) -> usize {
         let _gate = self.gate.write();
         let members = members(&self.graph.read().clone());
-        self.table
-            .read()
-            .iter()
-            .filter(|(id, _)| !members.contains(id))
-            .count()
+        self.table.read().iter().filter(|(id, _)| !members.contains(id)).count()
+    }
+
+    /// Whether a background rebuild is running.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
     }
 
     /// Whether tombstones have passed the configured share of the graph.
     pub fn needs_rebuild(&self) -> bool {
         let graph_len = self.graph_len();
-        graph_len > 0
-            && self.tombstones() as f64 / graph_len as f64 > self.params.rebuild_tombstone_ratio
+        graph_len > 0 && self.tombstones() as f64 / graph_len as f64 > self.params.rebuild_tombstone_ratio
     }
 
     /// Starts a rebuild on a background thread when one is due and none is running.
@@ -290,17 +269,11 @@ impl VectorIndex {
             return;
         }
         let index = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("engram-index-rebuild".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                index.rebuild_now();
-                tracing::info!(
-                    points = index.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "index rebuilt"
-                );
-            });
+        let spawned = std::thread::Builder::new().name("engram-index-rebuild".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            index.rebuild_now();
+            tracing::info!(points = index.len(), elapsed_ms = started.elapsed().as_millis() as u64, "index rebuilt");
+        });
         if let Err(e) = spawned {
             tracing::error!("could not start the index rebuild thread: {e}");
             self.rebuilding.store(false, Ordering::Release);
@@ -310,12 +283,7 @@ impl VectorIndex {
     /// Builds a fresh graph of the live points and swaps it in. Searches go on against
     /// the old graph meanwhile; points inserted during the build are added at the swap.
     pub fn rebuild_now(&self) {
-        let snapshot: Vec<(u64, Arc<[f32]>)> = self
-            .table
-            .read()
-            .iter()
-            .map(|(id, p)| (id, p.vector.clone()))
-            .collect();
+        let snapshot: Vec<(u64, Arc<[f32]>)> = self.table.read().iter().map(|(id, p)| (id, p.vector.clone())).collect();
         let graph = build_graph(&self.params, &snapshot);
         let in_snapshot: HashSet<u64> = snapshot.iter().map(|(id, _)| *id).collect();
         let _gate = self.gate.write();
@@ -362,12 +330,9 @@ impl VectorIndex {
                     .filter(|(id, _)| !members.contains(id))
                     .map(|(id, p)| (&p.vector[..], id as usize))
                     .collect();
-                let too_far = missing.len() as f64
-                    > self.params.catch_up_max_ratio * table.len().max(1) as f64;
+                let too_far = missing.len() as f64 > self.params.catch_up_max_ratio * table.len().max(1) as f64;
                 if too_far && !missing.is_empty() {
-                    LoadOutcome::Stale {
-                        missing: missing.len(),
-                    }
+                    LoadOutcome::Stale { missing: missing.len() }
                 } else {
                     graph.parallel_insert_slice(&missing);
                     let caught_up = missing.len();
@@ -382,8 +347,7 @@ impl VectorIndex {
             LoadOutcome::Loaded { caught_up } => {
                 // Saved already, up to the catch-up.
                 let v = self.version.load(Ordering::Relaxed);
-                self.saved_version
-                    .store(if caught_up == 0 { v } else { 0 }, Ordering::Relaxed);
+                self.saved_version.store(if caught_up == 0 { v } else { 0 }, Ordering::Relaxed);
             }
             _ => self.rebuild_now(),
         }
@@ -397,42 +361,23 @@ fn members(graph: &Graph) -> HashSet<u64> {
     if graph.get_nb_point() == 0 {
         return HashSet::new();
     }
-    graph
-        .get_point_indexation()
-        .into_iter()
-        .map(|p| p.get_origin_id() as u64)
-        .collect()
+    graph.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect()
 }
 
 fn build_graph(params: &IndexParams, points: &[(u64, Arc<[f32]>)]) -> Graph {
     let graph = new_graph(params, points.len());
-    let batch: Vec<(&[f32], usize)> = points
-        .iter()
-        .map(|(id, v)| (&v[..], *id as usize))
-        .collect();
+    let batch: Vec<(&[f32], usize)> = points.iter().map(|(id, v)| (&v[..], *id as usize)).collect();
     graph.parallel_insert_slice(&batch);
     graph
 }
 
-fn exact_top_k(
-    table: &PointTable,
-    query: &[f32],
-    k: usize,
-    admits: impl Fn(&Label) -> bool,
-) -> Vec<Hit> {
+fn exact_top_k(table: &PointTable, query: &[f32], k: usize, admits: impl Fn(&Label) -> bool) -> Vec<Hit> {
     let mut hits: Vec<Hit> = table
         .iter()
         .filter(|(_, p)| admits(&p.label))
-        .map(|(point, p)| Hit {
-            point,
-            similarity: dot(query, &p.vector),
-        })
+        .map(|(point, p)| Hit { point, similarity: dot(query, &p.vector) })
         .collect();
-    let by_score = |a: &Hit, b: &Hit| {
-        b.similarity
-            .total_cmp(&a.similarity)
-            .then(a.point.cmp(&b.point))
-    };
+    let by_score = |a: &Hit, b: &Hit| b.similarity.total_cmp(&a.similarity).then(a.point.cmp(&b.point));
     if hits.len() > k {
         hits.select_nth_unstable_by(k, by_score);
         hits.truncate(k);

@@ -68,16 +68,12 @@ pub(super) fn save(graph: &Graph, dir: &Path) -> Result<(), String> {
     let generation = format!("g-{}", ulid::Ulid::new());
     let tmp = dir.join(format!("tmp-{generation}"));
     fs::create_dir_all(&tmp).map_err(|e| io("creating the temporary directory", e))?;
-    let basename = graph
-        .file_dump(&tmp, BASENAME)
-        .map_err(|e| format!("saving the index: {e}"))?;
+    let basename = graph.file_dump(&tmp, BASENAME).map_err(|e| format!("saving the index: {e}"))?;
     let mut files = Vec::new();
     for suffix in ["hnsw.graph", "hnsw.data"] {
         let name = format!("{basename}.{suffix}");
         let path = tmp.join(&name);
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(&name, e))?;
+        File::open(&path).and_then(|f| f.sync_all()).map_err(|e| io(&name, e))?;
         let (crc, len) = checksum(&path).map_err(|e| io(&name, e))?;
         files.push((name, crc, len));
     }
@@ -87,11 +83,8 @@ pub(super) fn save(graph: &Graph, dir: &Path) -> Result<(), String> {
         points: graph.get_nb_point(),
         files,
     };
-    write_synced(
-        &tmp.join("manifest.json"),
-        &serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .map_err(|e| io("manifest", e))?;
+    write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap())
+        .map_err(|e| io("manifest", e))?;
     fs::rename(&tmp, dir.join(&generation)).map_err(|e| io("renaming the generation", e))?;
     write_synced(&dir.join("CURRENT.tmp"), generation.as_bytes()).map_err(|e| io("CURRENT", e))?;
     fs::rename(dir.join("CURRENT.tmp"), dir.join("CURRENT")).map_err(|e| io("CURRENT", e))?;
@@ -114,15 +107,9 @@ fn remove_other_generations(dir: &Path, keep: &str) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if entry.path().is_dir()
-            && name != keep
-            && (name.starts_with("g-") || name.starts_with("tmp-"))
-        {
+        if entry.path().is_dir() && name != keep && (name.starts_with("g-") || name.starts_with("tmp-")) {
             if let Err(e) = fs::remove_dir_all(entry.path()) {
-                tracing::warn!(
-                    "could not remove old index files {}: {e}",
-                    entry.path().display()
-                );
+                tracing::warn!("could not remove old index files {}: {e}", entry.path().display());
             }
         }
     }
@@ -136,16 +123,12 @@ pub(super) fn load(dir: &Path) -> Result<Graph, LoadOutcome> {
         Err(e) => return Err(corrupt(format!("reading CURRENT: {e}"))),
     };
     if !current.starts_with("g-") || current.contains(['/', '\\']) {
-        return Err(corrupt(format!(
-            "CURRENT names `{current}`, not a generation"
-        )));
+        return Err(corrupt(format!("CURRENT names `{current}`, not a generation")));
     }
     let gen_dir: PathBuf = dir.join(&current);
     let manifest: Manifest = fs::read(gen_dir.join("manifest.json"))
         .map_err(|e| corrupt(format!("reading {current}/manifest.json: {e}")))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| corrupt(format!("{current}/manifest.json: {e}")))
-        })?;
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| corrupt(format!("{current}/manifest.json: {e}"))))?;
     if manifest.format != FORMAT || manifest.distance != std::any::type_name::<UnitCosine>() {
         return Err(corrupt(format!(
             "{current} was written in another format ({}, {})",
@@ -157,9 +140,7 @@ pub(super) fn load(dir: &Path) -> Result<Graph, LoadOutcome> {
         match checksum(&path) {
             Ok((c, l)) if c == *crc && l == *len => {}
             Ok((_, l)) => {
-                return Err(corrupt(format!(
-                    "{current}/{name}: checksum mismatch ({l} bytes, expected {len})"
-                )))
+                return Err(corrupt(format!("{current}/{name}: checksum mismatch ({l} bytes, expected {len})")))
             }
             Err(e) => return Err(corrupt(format!("{current}/{name}: {e}"))),
         }
@@ -174,14 +155,10 @@ pub(super) fn load(dir: &Path) -> Result<Graph, LoadOutcome> {
     }));
     match loaded {
         Ok(Ok(graph)) if graph.get_nb_point() == manifest.points => Ok(graph),
-        Ok(Ok(graph)) => Err(corrupt(format!(
-            "{current}: {} points, manifest says {}",
-            graph.get_nb_point(),
-            manifest.points
-        ))),
+        Ok(Ok(graph)) => {
+            Err(corrupt(format!("{current}: {} points, manifest says {}", graph.get_nb_point(), manifest.points)))
+        }
         Ok(Err(e)) => Err(corrupt(format!("{current}: {e}"))),
-        Err(_) => Err(corrupt(format!(
-            "{current}: hnsw_rs panicked while reading it"
-        ))),
+        Err(_) => Err(corrupt(format!("{current}: hnsw_rs panicked while reading it"))),
     }
 }

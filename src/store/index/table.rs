@@ -3,6 +3,7 @@
 //! live exactly when it is in this table, which is rebuilt from sled at every start.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::store::records::{Kind, Scope};
@@ -30,9 +31,7 @@ impl SearchFilter {
         Self::default()
     }
     pub fn clause(clause: ScopeClause) -> Self {
-        Self {
-            any_of: vec![clause],
-        }
+        Self { any_of: vec![clause] }
     }
 }
 
@@ -57,7 +56,7 @@ pub struct LivePoint {
 
 #[derive(Default)]
 pub struct PointTable {
-    points: HashMap<u64, LivePoint>,
+    points: HashMap<u64, LivePoint, BuildHasherDefault<PointHasher>>,
     symbols: HashMap<Box<str>, Sym>,
 }
 
@@ -74,15 +73,37 @@ pub struct CompiledFilter {
     admits_all: bool,
 }
 
+/// Point ids are sequential integers, not attacker-chosen keys: a multiplicative hash
+/// (as in rustc's FxHash) spreads them well and costs a fraction of SipHash, which
+/// matters because the graph walk looks up every node it visits.
+#[derive(Default)]
+pub struct PointHasher(u64);
+
+impl Hasher for PointHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 impl CompiledFilter {
+    pub fn admits_all(&self) -> bool {
+        self.admits_all
+    }
+
+
     pub fn admits(&self, label: &Label) -> bool {
         self.admits_all
             || self.clauses.iter().any(|c| {
                 let have = [label.tenant, label.user, label.agent, label.session];
-                c.fields
-                    .iter()
-                    .zip(have)
-                    .all(|(want, have)| want.is_none_or(|w| w == have))
+                c.fields.iter().zip(have).all(|(want, have)| want.is_none_or(|w| w == have))
                     && (c.kinds == 0 || c.kinds & (1 << label.kind) != 0)
             })
     }
@@ -134,11 +155,7 @@ impl PointTable {
             .iter()
             .filter_map(|c| {
                 let mut fields = [None; 4];
-                for (slot, want) in
-                    fields
-                        .iter_mut()
-                        .zip([&c.tenant, &c.user_id, &c.agent_id, &c.session_id])
-                {
+                for (slot, want) in fields.iter_mut().zip([&c.tenant, &c.user_id, &c.agent_id, &c.session_id]) {
                     if let Some(s) = want {
                         // A string never interned belongs to no point: the clause is void.
                         *slot = Some(*self.symbols.get(s.as_str())?);
@@ -148,10 +165,7 @@ impl PointTable {
                 Some(ResolvedClause { fields, kinds })
             })
             .collect();
-        CompiledFilter {
-            clauses,
-            admits_all: filter.any_of.is_empty(),
-        }
+        CompiledFilter { clauses, admits_all: filter.any_of.is_empty() }
     }
 
     /// How many live points the filter admits, stopping once past `limit`.
@@ -159,11 +173,7 @@ impl PointTable {
         if filter.admits_all {
             return self.points.len();
         }
-        self.points
-            .values()
-            .filter(|p| filter.admits(&p.label))
-            .take(limit + 1)
-            .count()
+        self.points.values().filter(|p| filter.admits(&p.label)).take(limit + 1).count()
     }
 }
 
@@ -190,11 +200,7 @@ mod tests {
         ]);
         let f = t.compile(&SearchFilter {
             any_of: vec![
-                ScopeClause {
-                    tenant: Some("t1".into()),
-                    user_id: Some("alice".into()),
-                    ..Default::default()
-                },
+                ScopeClause { tenant: Some("t1".into()), user_id: Some("alice".into()), ..Default::default() },
                 ScopeClause {
                     tenant: Some("t1".into()),
                     user_id: Some("".into()),
@@ -203,9 +209,7 @@ mod tests {
                 },
             ],
         });
-        let admitted: Vec<u64> = (0..4)
-            .filter(|i| f.admits(&t.get(*i).unwrap().label))
-            .collect();
+        let admitted: Vec<u64> = (0..4).filter(|i| f.admits(&t.get(*i).unwrap().label)).collect();
         assert_eq!(admitted, vec![0, 1]);
         assert_eq!(t.count_admitted(&f, 100), 2);
     }
@@ -213,13 +217,9 @@ mod tests {
     #[test]
     fn unknown_strings_admit_nothing_and_empty_filter_admits_all() {
         let t = table_with(&[("t1", "alice", Kind::Fact)]);
-        let none = t.compile(&SearchFilter::clause(ScopeClause {
-            user_id: Some("mallory".into()),
-            ..Default::default()
-        }));
+        let none =
+            t.compile(&SearchFilter::clause(ScopeClause { user_id: Some("mallory".into()), ..Default::default() }));
         assert!(!none.admits(&t.get(0).unwrap().label));
-        assert!(t
-            .compile(&SearchFilter::all())
-            .admits(&t.get(0).unwrap().label));
+        assert!(t.compile(&SearchFilter::all()).admits(&t.get(0).unwrap().label));
     }
 }
