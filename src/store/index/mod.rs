@@ -213,8 +213,9 @@ impl VectorIndex {
         let wanted = k.min(admitted);
         let graph = self.graph.read().clone();
         let admit = |id: &usize| table.get(*id as u64).is_some_and(|p| compiled.admits(&p.label));
-        let to_hits =
-            |found: Vec<Neighbour>| found.into_iter().map(|n| Hit { point: n.d_id as u64, similarity: 1.0 - n.distance });
+        let to_hits = |found: Vec<Neighbour>| {
+            found.into_iter().map(|n| Hit { point: n.d_id as u64, similarity: 1.0 - n.distance })
+        };
         // With no scope filter and no tombstones the walk needs no filter at all, which is
         // faster (hnsw_rs stops early). The counts can agree for an instant while an
         // insert is half-way, so the few results are still checked against the table.

@@ -98,7 +98,6 @@ impl CompiledFilter {
         self.admits_all
     }
 
-
     pub fn admits(&self, label: &Label) -> bool {
         self.admits_all
             || self.clauses.iter().any(|c| {
