@@ -50,3 +50,18 @@ build: setup
 # Index benchmark at the size the docs quote.
 bench: setup
 	$(CARGO) run --release -- bench index --n 100000 --dim 384
+
+# The embedding benchmark's corpus: the King James Bible, one verse per line, from
+# Debian's bible-kjv package (public domain).
+bench/data/kjv.txt:
+	command -v bible >/dev/null || (apt-get install -y bible-kjv || (apt-get update && apt-get install -y bible-kjv))
+	mkdir -p bench/data
+	bible -f "Gen1:1-Rev22:21" | sed -E 's/^[0-9A-Za-z]+[0-9]+:[0-9]+ //' > $@.tmp && mv $@.tmp $@
+
+bench-corpus: bench/data/kjv.txt
+
+# Inference benchmarks next to sentence-transformers and Hugging Face transformers
+# (installed into the venv for this only).
+bench-compare: build bench-corpus
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q sentence-transformers transformers gguf
+	$(VENV)/bin/python bench/compare.py --engram $${CARGO_TARGET_DIR:-target}/release/engram

@@ -49,6 +49,20 @@ pub struct LogConfig {
 pub struct ModelConfig {
     pub device: String,
     pub threads: usize,
+    pub cuda_dtype: CudaDtype,
+    pub embedder: PathBuf,
+    pub embedder_queue: usize,
+    pub embedder_max_batch_tokens: usize,
+    pub embedder_truncate: bool,
+    pub generator: PathBuf,
+    pub generator_queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CudaDtype {
+    F16,
+    Bf16,
 }
 
 /// Values given as command-line flags; they override everything else.

@@ -9,8 +9,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::config::Settings;
-use crate::model::DeviceSpec;
+use crate::config::{CudaDtype, ModelConfig, Settings};
+use crate::model::embedder::EmbedderOptions;
+use crate::model::generator::GeneratorOptions;
+use crate::model::{DeviceSpec, Embedder, Engine, Generator, ResolvedDevice};
 use crate::store::Store;
 
 /// Serves until a shutdown signal; returns once everything is saved.
@@ -23,18 +25,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .resolve()
         .map_err(anyhow::Error::msg)?;
     tracing::info!(%device, cuda = tch::Cuda::is_available(), "inference device");
-    let state = AppState::new(device);
+    let state = AppState::new(device, settings.model.embedder_truncate);
     let app = api::router(state.clone(), &settings.server).map_err(anyhow::Error::msg)?;
     let listener =
         TcpListener::bind(&settings.server.bind).await.with_context(|| format!("binding {}", settings.server.bind))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
 
+    // The store and the models load side by side; either failing stops the start-up.
     let store_config = settings.store_config();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
-        .await?
-        .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+    let opening = tokio::task::spawn_blocking(move || Store::open(&store_config));
+    let model_config = settings.model.clone();
+    let loading = tokio::task::spawn_blocking(move || start_engine(&model_config, device));
+    let store =
+        opening.await?.with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
     let store = Arc::new(store);
     state.set_store(store.clone());
+    state.set_engine(loading.await??);
     tracing::info!("ready");
 
     let saver = tokio::spawn(save_index_periodically(store.clone(), settings.store.index_save_interval_secs));
@@ -71,6 +77,37 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The compute precision for a device: f32 on the CPU, the configured half type on CUDA.
+pub fn compute_kind(device: ResolvedDevice, cuda: CudaDtype) -> tch::Kind {
+    match (device.0, cuda) {
+        (tch::Device::Cuda(_), CudaDtype::F16) => tch::Kind::Half,
+        (tch::Device::Cuda(_), CudaDtype::Bf16) => tch::Kind::BFloat16,
+        _ => tch::Kind::Float,
+    }
+}
+
+/// Loads the configured models (each on its own thread); an empty path skips one.
+pub fn start_engine(config: &ModelConfig, device: ResolvedDevice) -> anyhow::Result<Engine> {
+    let kind = compute_kind(device, config.cuda_dtype);
+    let embedder = (!config.embedder.as_os_str().is_empty())
+        .then(|| {
+            let opts = EmbedderOptions {
+                queue_capacity: config.embedder_queue,
+                max_batch_tokens: config.embedder_max_batch_tokens,
+                threads: config.threads,
+            };
+            Embedder::start(&config.embedder, device, kind, opts)
+        })
+        .transpose()?;
+    let generator = (!config.generator.as_os_str().is_empty())
+        .then(|| {
+            let opts = GeneratorOptions { queue_capacity: config.generator_queue, threads: config.threads };
+            Generator::start(&config.generator, device, kind, opts)
+        })
+        .transpose()?;
+    Ok(Engine { embedder, generator })
 }
 
 async fn save_index_periodically(store: Arc<Store>, every_secs: u64) {

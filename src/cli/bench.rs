@@ -36,6 +36,31 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Distribution::Clustered)]
         distribution: Distribution,
     },
+    /// Embedding throughput (sentences/s) over a corpus at several batch sizes.
+    Embed {
+        /// One sentence per line (`make bench-corpus` writes the default).
+        #[arg(long, default_value = "bench/data/kjv.txt")]
+        corpus: std::path::PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        sentences: usize,
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 32])]
+        batch: Vec<usize>,
+        /// Also print the figures as one JSON line (for bench/compare.py).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill and decode speed of the chat model at batch 1.
+    Generate {
+        /// A GGUF file; the configured model.generator when absent.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 256)]
+        new_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +76,12 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
             ef.sort_unstable();
             ef.dedup();
             bench_index(settings, IndexWorkload { n, dim, queries, k, seed, distribution }, &ef);
+        }
+        BenchCommand::Embed { corpus, sentences, batch, json } => {
+            super::bench_models::bench_embed(settings, &corpus, sentences, &batch, json)?
+        }
+        BenchCommand::Generate { model, prompt_tokens, new_tokens, json } => {
+            super::bench_models::bench_generate(settings, model, prompt_tokens, new_tokens, json)?
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! The command line: `engram serve`, the store's admin commands, and benchmarks.
 
 mod bench;
+mod bench_models;
 mod store_admin;
 
 use std::path::PathBuf;

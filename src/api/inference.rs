@@ -1,0 +1,255 @@
+//! The engine's OpenAI-compatible face, no memory involved: `/v1/embeddings`,
+//! `/v1/completions` (streamed as server-sent events on request) and `/v1/models`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::model::generator::{FinishReason, GenerateRequest, GenerationEvent, GenerationSummary};
+use crate::model::sampling::SamplingParams;
+use crate::model::EngineError;
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EngineError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Load { .. } | EngineError::Runtime { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, super::error::code_for(status), e.to_string())
+    }
+}
+
+/// A string or a list of strings, as OpenAI's `input`, `prompt` and `stop` accept.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    pub input: OneOrMany,
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Accepted for OpenAI compatibility; one embedding model serves every request.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub model: Option<IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub user: Option<IgnoredAny>,
+}
+
+/// Largest number of inputs in one embeddings request.
+const MAX_INPUTS: usize = 2048;
+
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Json(req): Json<EmbeddingsRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let engine = state.ready_engine()?;
+    let embedder = engine.embedder.as_ref().ok_or_else(|| ApiError::not_found("no embedding model is configured"))?;
+    if let Some(format) = req.encoding_format.as_deref().filter(|f| *f != "float") {
+        return Err(ApiError::bad_request(format!("encoding_format `{format}` is not supported; use `float`")));
+    }
+    let inputs = req.input.into_vec();
+    if inputs.is_empty() || inputs.len() > MAX_INPUTS {
+        return Err(ApiError::bad_request(format!("input must hold 1 to {MAX_INPUTS} strings, got {}", inputs.len())));
+    }
+    if let Some(i) = inputs.iter().position(|s| s.trim().is_empty()) {
+        return Err(ApiError::bad_request(format!("input[{i}] is empty")));
+    }
+    let out = embedder.embed(inputs).await?;
+    if !out.truncated.is_empty() && !state.embedder_truncates {
+        return Err(ApiError::bad_request(format!(
+            "input(s) {:?} are longer than the embedding model's limit of {} tokens",
+            out.truncated,
+            embedder.info().max_tokens
+        )));
+    }
+    let data: Vec<Value> = out
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": embedder.info().name,
+        "usage": { "prompt_tokens": out.tokens, "total_tokens": out.tokens },
+        "truncated": out.truncated,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    /// Accepted for OpenAI compatibility; one chat model serves every request.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub model: Option<IgnoredAny>,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "one")]
+    pub temperature: f32,
+    #[serde(default = "one")]
+    pub top_p: f32,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub user: Option<IgnoredAny>,
+}
+
+fn default_max_tokens() -> usize {
+    16
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// At most four stop strings, as OpenAI allows.
+fn stop_list(stop: Option<OneOrMany>) -> Result<Vec<String>, ApiError> {
+    let stop = stop.map(OneOrMany::into_vec).unwrap_or_default();
+    if stop.len() > 4 {
+        return Err(ApiError::bad_request("stop takes at most 4 strings"));
+    }
+    Ok(stop)
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Json(req): Json<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let engine = state.ready_engine()?;
+    let generator = engine.generator.as_ref().ok_or_else(|| ApiError::not_found("no chat model is configured"))?;
+    let sampling = SamplingParams {
+        temperature: req.temperature,
+        top_k: req.top_k.unwrap_or(0),
+        top_p: req.top_p,
+        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
+        seed: req.seed,
+    };
+    let request =
+        GenerateRequest { prompt: req.prompt, max_tokens: req.max_tokens, sampling, stop: stop_list(req.stop)? };
+    let id = format!("cmpl-{}", ulid::Ulid::new());
+    let model = generator.info().name.clone();
+    let created = crate::store::records::now_ms() / 1000;
+    if !req.stream {
+        let (text, summary) = generator.generate_text(request).await?;
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": summary.finish_reason }],
+            "usage": usage(&summary),
+        }))
+        .into_response());
+    }
+    let mut events = generator.generate(request).await?;
+    let chunk = move |text: &str, finish: Option<FinishReason>| CompletionChunk {
+        id: id.clone(),
+        object: "text_completion",
+        created,
+        model: model.clone(),
+        choices: [ChunkChoice { text: text.to_owned(), index: 0, logprobs: None, finish_reason: finish }],
+    };
+    let stream = async_stream(move |tx| async move {
+        while let Some(event) = events.recv().await {
+            let data = match event {
+                GenerationEvent::Text(t) => serde_json::to_string(&chunk(&t, None)),
+                GenerationEvent::Done(summary) => {
+                    let mut last = serde_json::to_value(chunk("", Some(summary.finish_reason))).unwrap_or_default();
+                    last["usage"] = usage(&summary);
+                    Ok(last.to_string())
+                }
+                GenerationEvent::Failed(reason) => {
+                    Ok(json!({ "error": { "code": "internal", "message": reason } }).to_string())
+                }
+            };
+            if tx.send(Event::default().data(data.unwrap_or_default())).await.is_err() {
+                return; // the client left; dropping `events` stops the generation
+            }
+        }
+        let _ = tx.send(Event::default().data("[DONE]")).await;
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn usage(s: &GenerationSummary) -> Value {
+    json!({ "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+            "total_tokens": s.prompt_tokens + s.completion_tokens })
+}
+
+#[derive(Serialize)]
+struct CompletionChunk {
+    id: String,
+    object: &'static str,
+    created: i64,
+    model: String,
+    choices: [ChunkChoice; 1],
+}
+
+#[derive(Serialize)]
+struct ChunkChoice {
+    text: String,
+    index: usize,
+    logprobs: Option<()>,
+    finish_reason: Option<FinishReason>,
+}
+
+/// Runs `produce` as a task feeding a channel, and exposes the channel as the stream
+/// an SSE response wants. The task ends when the client disconnects.
+pub fn async_stream<F, Fut>(produce: F) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(produce(tx));
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let engine = state.ready_engine()?;
+    let mut data = Vec::new();
+    if let Some(e) = &engine.embedder {
+        data.push(json!({ "id": e.info().name, "object": "model", "owned_by": "engram", "kind": "embedding", "details": e.info() }));
+    }
+    if let Some(g) = &engine.generator {
+        data.push(json!({ "id": g.info().name, "object": "model", "owned_by": "engram", "kind": "chat", "details": g.info() }));
+    }
+    Ok(Json(json!({ "object": "list", "data": data })))
+}

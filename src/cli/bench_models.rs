@@ -1,0 +1,155 @@
+//! `engram bench embed` and `engram bench generate`: the inference engine's throughput.
+//! Each prints a baseline measured in the same run (the memory-bandwidth bound for
+//! decoding); `bench/compare.py` adds sentence-transformers and Hugging Face
+//! transformers on the same inputs, reading the `--json` line these print.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::model::embedder::{Embedder, EmbedderOptions};
+use crate::model::{sampling::argmax, DeviceSpec};
+
+/// The sentences `bench embed` uses: one per line, blank lines skipped.
+pub fn read_corpus(path: &Path, limit: usize) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the corpus {} (make bench-corpus writes it)", path.display()))?;
+    let sentences: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).take(limit).map(str::to_owned).collect();
+    if sentences.len() < limit {
+        bail!("the corpus {} has {} sentences, {limit} wanted", path.display(), sentences.len());
+    }
+    Ok(sentences)
+}
+
+fn device_and_kind(settings: &Settings) -> anyhow::Result<(crate::model::ResolvedDevice, tch::Kind)> {
+    let device = settings
+        .model
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(anyhow::Error::msg)?
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    Ok((device, crate::server::compute_kind(device, settings.model.cuda_dtype)))
+}
+
+pub fn bench_embed(
+    settings: &Settings,
+    corpus: &Path,
+    sentences: usize,
+    batch_sizes: &[usize],
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let texts = read_corpus(corpus, sentences)?;
+    let (device, kind) = device_and_kind(settings)?;
+    let opts = EmbedderOptions {
+        queue_capacity: 4,
+        max_batch_tokens: settings.model.embedder_max_batch_tokens,
+        threads: settings.model.threads,
+    };
+    let embedder = Embedder::start(&settings.model.embedder, device, kind, opts)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let words: usize = texts.iter().map(|t| t.split_whitespace().count()).sum();
+    println!(
+        "engram bench embed: {} sentences ({:.1} words on average) from {}, model {} on {device}",
+        texts.len(),
+        words as f64 / texts.len() as f64,
+        corpus.display(),
+        embedder.info().name
+    );
+    // One warm-up batch: first calls allocate.
+    runtime.block_on(embedder.embed(texts[..32.min(texts.len())].to_vec()))?;
+    let mut results = Vec::new();
+    for &batch in batch_sizes {
+        let started = Instant::now();
+        for chunk in texts.chunks(batch.max(1)) {
+            runtime.block_on(embedder.embed(chunk.to_vec()))?;
+        }
+        let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+        println!("batch {batch:>3}: {rate:>8.1} sentences/s");
+        results.push(json!({ "batch": batch, "sentences_per_s": rate }));
+    }
+    if json_out {
+        println!("{}", json!({ "bench": "embed", "device": device.to_string(), "results": results }));
+    }
+    Ok(())
+}
+
+/// Bytes per second that one pass over a large buffer reads: the ceiling for decoding,
+/// which reads every weight once per token.
+fn memory_read_bandwidth() -> f64 {
+    let words = 256 * 1024 * 1024 / 8; // 256 MiB, well past every cache
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut best = f64::MAX;
+    let mut sink = 0u64;
+    for _ in 0..3 {
+        let started = Instant::now();
+        sink = sink.wrapping_add(buf.iter().fold(0u64, |a, b| a.wrapping_add(*b)));
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink);
+    (words * 8) as f64 / best
+}
+
+pub fn bench_generate(
+    settings: &Settings,
+    model: Option<PathBuf>,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let path = model.unwrap_or_else(|| settings.model.generator.clone());
+    let (device, kind) = device_and_kind(settings)?;
+    if settings.model.threads > 0 {
+        tch::set_num_threads(settings.model.threads as i32);
+    }
+    let _no_grad = tch::no_grad_guard();
+    let started = Instant::now();
+    let llama = crate::model::llama_loader::load_gguf(&path, device.0, kind)?;
+    let load = started.elapsed();
+    let params = llama.parameter_count();
+    let weight_bytes = params * kind.elt_size_in_bytes();
+    println!(
+        "engram bench generate: {} ({:.1}M parameters, {:.0} MB as {kind:?}) on {device}, loaded in {:.1}s",
+        path.display(),
+        params as f64 / 1e6,
+        weight_bytes as f64 / 1e6,
+        load.as_secs_f64()
+    );
+    let vocab = llama.config().vocab_size as u32;
+    // A deterministic prompt of ordinary tokens (ids spread over the vocabulary).
+    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| 100 + (i * 7919) % (vocab - 200)).collect();
+
+    let mut cache = llama.new_cache();
+    let started = Instant::now();
+    let mut logits = llama.forward(&prompt, &mut cache)?;
+    let prefill = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for _ in 0..new_tokens {
+        let next = argmax(&logits);
+        logits = llama.forward(&[next], &mut cache)?;
+    }
+    let decode = started.elapsed().as_secs_f64();
+    let bandwidth = memory_read_bandwidth();
+    let bound = bandwidth / weight_bytes as f64;
+    let (prefill_rate, decode_rate) = (prompt_tokens as f64 / prefill, new_tokens as f64 / decode);
+    println!("prefill: {prompt_tokens} tokens in {prefill:.2}s = {prefill_rate:.1} tokens/s");
+    println!("decode:  {new_tokens} tokens in {decode:.2}s = {decode_rate:.1} tokens/s (batch 1, greedy)");
+    println!(
+        "baseline: memory read bandwidth {:.1} GB/s → at most {bound:.1} tokens/s for these weights; decode reaches {:.0}% of it",
+        bandwidth / 1e9,
+        100.0 * decode_rate / bound
+    );
+    if json_out {
+        println!(
+            "{}",
+            json!({ "bench": "generate", "device": device.to_string(), "prefill_tokens_per_s": prefill_rate,
+                    "decode_tokens_per_s": decode_rate, "bandwidth_bound_tokens_per_s": bound,
+                    "prompt_tokens": prompt_tokens, "new_tokens": new_tokens })
+        );
+    }
+    Ok(())
+}

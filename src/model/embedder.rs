@@ -1,0 +1,245 @@
+//! The embedding service: a sentence encoder owned by one OS thread, fed by a bounded
+//! queue. Requests waiting in the queue are micro-batched together up to a token budget,
+//! sorted by length so that padding stays small.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bert::BertEncoder;
+use super::engine_error::EngineError;
+use super::tokenizer::TextTokenizer;
+use super::ResolvedDevice;
+
+/// What was loaded, for logs, `/v1/models` and `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedderInfo {
+    pub name: String,
+    pub dimension: usize,
+    pub max_tokens: usize,
+    pub parameters: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// Tuning of the embedding worker (`[model.embedder]`).
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    pub queue_capacity: usize,
+    /// Upper bound on padded tokens (longest input × batch size) per forward pass.
+    pub max_batch_tokens: usize,
+    pub threads: usize,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// One unit vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens the model saw, over all inputs (after truncation).
+    pub tokens: usize,
+    /// Indices of inputs longer than the model's limit, which were cut to it.
+    pub truncated: Vec<usize>,
+}
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Embeddings, EngineError>>,
+    span: tracing::Span,
+}
+
+/// A cheap-to-clone handle to the embedding thread.
+#[derive(Clone)]
+pub struct Embedder {
+    jobs: mpsc::Sender<Job>,
+    tokenizer: Arc<TextTokenizer>,
+    info: Arc<EmbedderInfo>,
+    capacity: usize,
+}
+
+impl Embedder {
+    /// Loads the model from a Hugging Face-style folder on a new thread and waits until
+    /// it is ready (or failed).
+    pub fn start(
+        dir: &Path,
+        device: ResolvedDevice,
+        kind: tch::Kind,
+        opts: EmbedderOptions,
+    ) -> Result<Self, EngineError> {
+        let load_err = |e: String| EngineError::Load { what: dir.display().to_string(), reason: e };
+        let tokenizer =
+            Arc::new(TextTokenizer::from_hf_file(&dir.join("tokenizer.json")).map_err(|e| load_err(e.to_string()))?);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(opts.queue_capacity.max(1));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let dir_owned = dir.to_path_buf();
+        let worker_tokenizer = tokenizer.clone();
+        let threads = opts.threads;
+        let max_batch_tokens = opts.max_batch_tokens.max(1);
+        std::thread::Builder::new()
+            .name("engram-embedder".into())
+            .spawn(move || {
+                if threads > 0 {
+                    tch::set_num_threads(threads as i32);
+                }
+                let _no_grad = tch::no_grad_guard();
+                let started = Instant::now();
+                let encoder = match BertEncoder::load(&dir_owned, device.0, kind) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let info = EmbedderInfo {
+                    name: model_name(&dir_owned),
+                    dimension: encoder.dimension(),
+                    max_tokens: encoder.max_seq_length(),
+                    parameters: encoder.parameter_count(),
+                    device: device.to_string(),
+                    dtype: format!("{kind:?}"),
+                };
+                tracing::info!(
+                    model = %info.name, parameters = info.parameters, dtype = %info.dtype, device = %info.device,
+                    load_ms = started.elapsed().as_millis() as u64, "embedding model loaded"
+                );
+                let _ = ready_tx.send(Ok(info));
+                Worker { encoder, tokenizer: worker_tokenizer, max_batch_tokens }.run(jobs_rx);
+            })
+            .map_err(|e| load_err(format!("starting its thread: {e}")))?;
+        let info = ready_rx.recv().map_err(|_| load_err("the loader thread died".into()))?.map_err(load_err)?;
+        Ok(Self { jobs: jobs_tx, tokenizer, info: Arc::new(info), capacity: opts.queue_capacity })
+    }
+
+    pub fn info(&self) -> &EmbedderInfo {
+        &self.info
+    }
+
+    /// Tokens `text` takes, special tokens included (as the model will see it, before
+    /// truncation).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.encode(text, true).map(|ids| ids.len()).unwrap_or(0)
+    }
+
+    /// Embeds `texts`; waits its turn in the queue, or fails fast with `Overloaded` when
+    /// the queue is full.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, EngineError> {
+        if texts.is_empty() {
+            return Ok(Embeddings { vectors: Vec::new(), tokens: 0, truncated: Vec::new() });
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job { texts, reply, span: tracing::Span::current() };
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                EngineError::Overloaded { model: "embedder", capacity: self.capacity }
+            }
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped("embedder"),
+        })?;
+        answer.await.map_err(|_| EngineError::Stopped("embedder"))?
+    }
+}
+
+fn model_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
+/// The thread that owns the encoder.
+struct Worker {
+    encoder: BertEncoder,
+    tokenizer: Arc<TextTokenizer>,
+    max_batch_tokens: usize,
+}
+
+/// One input of one job, tokenised.
+struct Item {
+    job: usize,
+    index: usize,
+    ids: Vec<u32>,
+}
+
+impl Worker {
+    fn run(self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            // Whatever queued up while the last batch ran goes into this one. Texts are
+            // counted at a typical 16 tokens here; the chunking in `serve` enforces the
+            // real token budget per forward pass.
+            let mut batch = vec![first];
+            let mut queued_texts: usize = batch[0].texts.len();
+            while queued_texts * 16 < self.max_batch_tokens {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        queued_texts += job.texts.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.serve(batch);
+        }
+    }
+
+    fn serve(&self, jobs: Vec<Job>) {
+        let limit = self.encoder.max_seq_length();
+        let mut items = Vec::new();
+        let mut results: Vec<Result<Embeddings, EngineError>> = Vec::with_capacity(jobs.len());
+        for (j, job) in jobs.iter().enumerate() {
+            let _enter = job.span.enter();
+            let mut truncated = Vec::new();
+            let mut tokens = 0;
+            let mut failed = None;
+            for (i, text) in job.texts.iter().enumerate() {
+                match self.tokenizer.encode(text, true) {
+                    Ok(mut ids) => {
+                        if ids.len() > limit {
+                            // Keep the final [SEP]: the model was trained with it.
+                            let last = *ids.last().expect("non-empty");
+                            ids.truncate(limit - 1);
+                            ids.push(last);
+                            truncated.push(i);
+                        }
+                        tokens += ids.len();
+                        items.push(Item { job: j, index: i, ids });
+                    }
+                    Err(e) => failed = Some(EngineError::Invalid(format!("input {i}: {e}"))),
+                }
+            }
+            results.push(match failed {
+                Some(e) => Err(e),
+                None => Ok(Embeddings { vectors: vec![Vec::new(); job.texts.len()], tokens, truncated }),
+            });
+        }
+        items.retain(|it| results[it.job].is_ok());
+        items.sort_by_key(|it| it.ids.len());
+        let mut start = 0;
+        while start < items.len() {
+            // Items are sorted by length, so the last one of a chunk sets its padding.
+            let mut end = start + 1;
+            while end < items.len() && items[end].ids.len() * (end + 1 - start) <= self.max_batch_tokens {
+                end += 1;
+            }
+            let chunk: Vec<Vec<u32>> = items[start..end].iter().map(|it| it.ids.clone()).collect();
+            match self.encoder.embed(&chunk) {
+                Ok(vectors) => {
+                    for (it, v) in items[start..end].iter().zip(vectors) {
+                        if let Ok(r) = &mut results[it.job] {
+                            r.vectors[it.index] = v;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::error!("embedding failed: {reason}");
+                    for it in &items[start..end] {
+                        results[it.job] = Err(EngineError::Runtime { model: "embedder", reason: reason.clone() });
+                    }
+                }
+            }
+            start = end;
+        }
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}

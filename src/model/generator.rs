@@ -1,0 +1,317 @@
+//! The generation service: a chat model owned by one OS thread, fed by a bounded queue.
+//! It serves one sequence at a time (what a CPU can do); requests carry everything a
+//! batched decoder would need, so batching can come later without changing callers.
+//!
+//! Text streams back through a bounded channel as it is generated. A caller that goes
+//! away (a dropped receiver) stops its generation at the next token.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::chat_template::{ChatMessage, ChatTemplate};
+use super::engine_error::EngineError;
+use super::gguf::GgufFile;
+use super::llama::Llama;
+use super::sampling::{Sampler, SamplingParams};
+use super::text_stream::TextStream;
+use super::tokenizer::TextTokenizer;
+use super::ResolvedDevice;
+
+/// What was loaded, for logs, `/v1/models` and `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GeneratorInfo {
+    pub name: String,
+    pub parameters: usize,
+    pub context_length: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// Tuning of the generation worker (`[model.generator]`).
+#[derive(Debug, Clone)]
+pub struct GeneratorOptions {
+    pub queue_capacity: usize,
+    pub threads: usize,
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The prompt, already rendered (see [`Generator::render_chat`]).
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends before any of these; they are never part of the text.
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its answer, or a stop string was reached.
+    Stop,
+    /// `max_tokens`, or the context window, was reached.
+    Length,
+}
+
+/// Counts and timings of a finished generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationSummary {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+    #[serde(skip)]
+    pub prefill: Duration,
+    #[serde(skip)]
+    pub decode: Duration,
+}
+
+/// What the stream carries: text pieces, then exactly one `Done` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum GenerationEvent {
+    Text(String),
+    Done(GenerationSummary),
+    Failed(String),
+}
+
+struct Job {
+    prompt_ids: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    events: mpsc::Sender<GenerationEvent>,
+    span: tracing::Span,
+}
+
+/// A cheap-to-clone handle to the generation thread.
+#[derive(Clone)]
+pub struct Generator {
+    jobs: mpsc::Sender<Job>,
+    tokenizer: Arc<TextTokenizer>,
+    template: Arc<ChatTemplate>,
+    info: Arc<GeneratorInfo>,
+    capacity: usize,
+}
+
+impl Generator {
+    /// Loads a GGUF file on a new thread and waits until it is ready (or failed).
+    pub fn start(
+        path: &Path,
+        device: ResolvedDevice,
+        kind: tch::Kind,
+        opts: GeneratorOptions,
+    ) -> Result<Self, EngineError> {
+        let load_err = |e: String| EngineError::Load { what: path.display().to_string(), reason: e };
+        let file = GgufFile::open(path).map_err(|e| load_err(e.to_string()))?;
+        let tokenizer = Arc::new(TextTokenizer::from_gguf(&file).map_err(|e| load_err(e.to_string()))?);
+        let template = chat_template_of(&file, &tokenizer).map_err(load_err)?;
+        drop(file);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(opts.queue_capacity.max(1));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path_owned = path.to_path_buf();
+        let worker_tokenizer = tokenizer.clone();
+        let threads = opts.threads;
+        std::thread::Builder::new()
+            .name("engram-generator".into())
+            .spawn(move || {
+                if threads > 0 {
+                    tch::set_num_threads(threads as i32);
+                }
+                let _no_grad = tch::no_grad_guard();
+                let started = Instant::now();
+                let model = match super::llama_loader::load_gguf(&path_owned, device.0, kind) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let info = GeneratorInfo {
+                    name: path_owned.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                    parameters: model.parameter_count(),
+                    context_length: model.config().max_position_embeddings,
+                    device: device.to_string(),
+                    dtype: format!("{kind:?}"),
+                };
+                tracing::info!(
+                    model = %info.name, parameters = info.parameters, context = info.context_length,
+                    dtype = %info.dtype, device = %info.device, load_ms = started.elapsed().as_millis() as u64,
+                    "chat model loaded"
+                );
+                let _ = ready_tx.send(Ok(info));
+                Worker { model, tokenizer: worker_tokenizer }.run(jobs_rx);
+            })
+            .map_err(|e| load_err(format!("starting its thread: {e}")))?;
+        let info = ready_rx.recv().map_err(|_| load_err("the loader thread died".into()))?.map_err(load_err)?;
+        Ok(Self {
+            jobs: jobs_tx,
+            tokenizer,
+            template: Arc::new(template),
+            info: Arc::new(info),
+            capacity: opts.queue_capacity,
+        })
+    }
+
+    pub fn info(&self) -> &GeneratorInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokens `text` takes in this model's vocabulary (no special tokens added).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.encode(text, false).map(|ids| ids.len()).unwrap_or(0)
+    }
+
+    /// Renders chat messages into a prompt with the model's own chat template.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, EngineError> {
+        self.template.render(messages, add_generation_prompt).map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    /// Queues a generation and returns its event stream. Fails at once when the prompt
+    /// does not fit the context window, or with `Overloaded` when the queue is full.
+    pub async fn generate(&self, req: GenerateRequest) -> Result<mpsc::Receiver<GenerationEvent>, EngineError> {
+        req.sampling.validate().map_err(EngineError::Invalid)?;
+        if req.max_tokens == 0 {
+            return Err(EngineError::Invalid("max_tokens must be at least 1".into()));
+        }
+        // The template already wrote any BOS it wants, so no special tokens are added.
+        let prompt_ids = self.tokenizer.encode(&req.prompt, false).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let context = self.info.context_length;
+        if prompt_ids.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".into()));
+        }
+        if prompt_ids.len() >= context {
+            return Err(EngineError::Invalid(format!(
+                "the prompt is {} tokens; the model's context window is {context} tokens",
+                prompt_ids.len()
+            )));
+        }
+        let max_tokens = req.max_tokens.min(context - prompt_ids.len());
+        let (events, stream) = mpsc::channel(64);
+        let job = Job {
+            prompt_ids,
+            max_tokens,
+            sampling: req.sampling,
+            stop: req.stop,
+            events,
+            span: tracing::Span::current(),
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                EngineError::Overloaded { model: "chat model", capacity: self.capacity }
+            }
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped("chat model"),
+        })?;
+        Ok(stream)
+    }
+
+    /// Generates to the end and returns the whole text with its summary.
+    pub async fn generate_text(&self, req: GenerateRequest) -> Result<(String, GenerationSummary), EngineError> {
+        let mut events = self.generate(req).await?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                GenerationEvent::Text(t) => text.push_str(&t),
+                GenerationEvent::Done(summary) => return Ok((text, summary)),
+                GenerationEvent::Failed(reason) => return Err(EngineError::Runtime { model: "chat model", reason }),
+            }
+        }
+        Err(EngineError::Stopped("chat model"))
+    }
+}
+
+/// The model's chat template, or ChatML when the file has none.
+fn chat_template_of(file: &GgufFile, tokenizer: &TextTokenizer) -> Result<ChatTemplate, String> {
+    let token_text = |id: Option<u32>| id.and_then(|id| tokenizer.token_text(id)).unwrap_or_default();
+    let (bos, eos) = (token_text(tokenizer.bos_id()), token_text(tokenizer.eos_id()));
+    let source = file.get_str("tokenizer.chat_template").unwrap_or(super::chat_template::CHATML_TEMPLATE);
+    ChatTemplate::new(source, &bos, &eos).map_err(|e| format!("its chat template: {e}"))
+}
+
+/// The thread that owns the model.
+struct Worker {
+    model: Llama,
+    tokenizer: Arc<TextTokenizer>,
+}
+
+impl Worker {
+    fn run(self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.blocking_recv() {
+            let span = job.span.clone();
+            let _enter = span.enter();
+            if job.events.is_closed() {
+                continue; // its caller left while it waited
+            }
+            let events = job.events.clone();
+            let outcome = self.generate(job);
+            let event = match outcome {
+                Ok(Some(summary)) => GenerationEvent::Done(summary),
+                Ok(None) => continue, // cancelled
+                Err(e) => {
+                    tracing::error!("generation failed: {e}");
+                    GenerationEvent::Failed(e)
+                }
+            };
+            let _ = events.blocking_send(event);
+        }
+    }
+
+    /// Runs one job. `Ok(None)` when its caller went away.
+    fn generate(&self, job: Job) -> Result<Option<GenerationSummary>, String> {
+        let started = Instant::now();
+        let mut cache = self.model.new_cache();
+        let mut logits = self.model.forward(&job.prompt_ids, &mut cache).map_err(|e| e.to_string())?;
+        let prefill = started.elapsed();
+        let eos = self.tokenizer.eos_id();
+        let mut sampler = Sampler::new(job.sampling);
+        let mut history = job.prompt_ids.clone();
+        let mut stream = TextStream::new(job.stop);
+        let mut generated = 0;
+        let mut finish = FinishReason::Length;
+        let decode_started = Instant::now();
+        while generated < job.max_tokens {
+            let token = sampler.sample(&mut logits, &history);
+            generated += 1;
+            if Some(token) == eos {
+                finish = FinishReason::Stop;
+                break;
+            }
+            history.push(token);
+            // Control tokens (<|im_start|>, <|endoftext|>…) are markup, not text.
+            let bytes = if self.tokenizer.is_special(token) { Vec::new() } else { self.tokenizer.token_bytes(token) };
+            let released = stream.push(&bytes);
+            if !released.text.is_empty() && job.events.blocking_send(GenerationEvent::Text(released.text)).is_err() {
+                return Ok(None);
+            }
+            if released.stopped {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if generated == job.max_tokens {
+                break;
+            }
+            if job.events.is_closed() {
+                return Ok(None);
+            }
+            logits = self.model.forward(&[token], &mut cache).map_err(|e| e.to_string())?;
+        }
+        let tail = stream.finish();
+        if !tail.is_empty() && job.events.blocking_send(GenerationEvent::Text(tail)).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(GenerationSummary {
+            prompt_tokens: job.prompt_ids.len(),
+            completion_tokens: generated,
+            finish_reason: finish,
+            prefill,
+            decode: decode_started.elapsed(),
+        }))
+    }
+}
