@@ -20,7 +20,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: run test setup build models bench clean-data
+.PHONY: run test setup build models bench bench-corpus bench-compare
 
 run: setup
 	$(CARGO) run --release -- serve $(ARGS)

@@ -17,13 +17,7 @@ use crate::store::Store;
 
 /// Serves until a shutdown signal; returns once everything is saved.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let device = settings
-        .model
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(anyhow::Error::msg)?
-        .resolve()
-        .map_err(anyhow::Error::msg)?;
+    let device = resolve_device(&settings.model)?;
     tracing::info!(%device, cuda = tch::Cuda::is_available(), "inference device");
     let state = AppState::new(device, settings.model.embedder_truncate);
     let app = api::router(state.clone(), &settings.server).map_err(anyhow::Error::msg)?;
@@ -77,6 +71,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The configured device, checked against what libtorch sees here.
+pub fn resolve_device(config: &ModelConfig) -> anyhow::Result<ResolvedDevice> {
+    config.device.parse::<DeviceSpec>().and_then(DeviceSpec::resolve).map_err(anyhow::Error::msg)
 }
 
 /// The compute precision for a device: f32 on the CPU, the configured half type on CUDA.

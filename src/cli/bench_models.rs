@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::model::embedder::{Embedder, EmbedderOptions};
-use crate::model::{sampling::argmax, DeviceSpec};
+use crate::model::sampling::argmax;
 
 /// The sentences `bench embed` uses: one per line, blank lines skipped.
 pub fn read_corpus(path: &Path, limit: usize) -> anyhow::Result<Vec<String>> {
@@ -26,13 +26,7 @@ pub fn read_corpus(path: &Path, limit: usize) -> anyhow::Result<Vec<String>> {
 }
 
 fn device_and_kind(settings: &Settings) -> anyhow::Result<(crate::model::ResolvedDevice, tch::Kind)> {
-    let device = settings
-        .model
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(anyhow::Error::msg)?
-        .resolve()
-        .map_err(anyhow::Error::msg)?;
+    let device = crate::server::resolve_device(&settings.model)?;
     Ok((device, crate::server::compute_kind(device, settings.model.cuda_dtype)))
 }
 

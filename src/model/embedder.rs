@@ -4,13 +4,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::bert::BertEncoder;
 use super::engine_error::EngineError;
+use super::model_thread;
 use super::tokenizer::TextTokenizer;
 use super::ResolvedDevice;
 
@@ -73,43 +73,27 @@ impl Embedder {
         let tokenizer =
             Arc::new(TextTokenizer::from_hf_file(&dir.join("tokenizer.json")).map_err(|e| load_err(e.to_string()))?);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(opts.queue_capacity.max(1));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let dir_owned = dir.to_path_buf();
         let worker_tokenizer = tokenizer.clone();
-        let threads = opts.threads;
         let max_batch_tokens = opts.max_batch_tokens.max(1);
-        std::thread::Builder::new()
-            .name("engram-embedder".into())
-            .spawn(move || {
-                if threads > 0 {
-                    tch::set_num_threads(threads as i32);
-                }
-                let _no_grad = tch::no_grad_guard();
-                let started = Instant::now();
-                let encoder = match BertEncoder::load(&dir_owned, device.0, kind) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let info = EmbedderInfo {
-                    name: model_name(&dir_owned),
-                    dimension: encoder.dimension(),
-                    max_tokens: encoder.max_seq_length(),
-                    parameters: encoder.parameter_count(),
-                    device: device.to_string(),
-                    dtype: format!("{kind:?}"),
-                };
-                tracing::info!(
-                    model = %info.name, parameters = info.parameters, dtype = %info.dtype, device = %info.device,
-                    load_ms = started.elapsed().as_millis() as u64, "embedding model loaded"
-                );
-                let _ = ready_tx.send(Ok(info));
-                Worker { encoder, tokenizer: worker_tokenizer, max_batch_tokens }.run(jobs_rx);
-            })
-            .map_err(|e| load_err(format!("starting its thread: {e}")))?;
-        let info = ready_rx.recv().map_err(|_| load_err("the loader thread died".into()))?.map_err(load_err)?;
+        let load = move || {
+            let encoder = BertEncoder::load(&dir_owned, device.0, kind).map_err(|e| e.to_string())?;
+            let info = EmbedderInfo {
+                name: model_name(&dir_owned),
+                dimension: encoder.dimension(),
+                max_tokens: encoder.max_seq_length(),
+                parameters: encoder.parameter_count(),
+                device: device.to_string(),
+                dtype: format!("{kind:?}"),
+            };
+            Ok((encoder, info))
+        };
+        let serve = move |encoder| Worker { encoder, tokenizer: worker_tokenizer, max_batch_tokens }.run(jobs_rx);
+        let (info, took) = model_thread::spawn("engram-embedder", opts.threads, load, serve).map_err(load_err)?;
+        tracing::info!(
+            model = %info.name, parameters = info.parameters, dtype = %info.dtype, device = %info.device,
+            load_ms = took.as_millis() as u64, "embedding model loaded"
+        );
         Ok(Self { jobs: jobs_tx, tokenizer, info: Arc::new(info), capacity: opts.queue_capacity })
     }
 

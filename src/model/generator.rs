@@ -16,6 +16,7 @@ use super::chat_template::{ChatMessage, ChatTemplate};
 use super::engine_error::EngineError;
 use super::gguf::GgufFile;
 use super::llama::Llama;
+use super::model_thread;
 use super::sampling::{Sampler, SamplingParams};
 use super::text_stream::TextStream;
 use super::tokenizer::TextTokenizer;
@@ -111,42 +112,25 @@ impl Generator {
         let template = chat_template_of(&file, &tokenizer).map_err(load_err)?;
         drop(file);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(opts.queue_capacity.max(1));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path_owned = path.to_path_buf();
         let worker_tokenizer = tokenizer.clone();
-        let threads = opts.threads;
-        std::thread::Builder::new()
-            .name("engram-generator".into())
-            .spawn(move || {
-                if threads > 0 {
-                    tch::set_num_threads(threads as i32);
-                }
-                let _no_grad = tch::no_grad_guard();
-                let started = Instant::now();
-                let model = match super::llama_loader::load_gguf(&path_owned, device.0, kind) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let info = GeneratorInfo {
-                    name: path_owned.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-                    parameters: model.parameter_count(),
-                    context_length: model.config().max_position_embeddings,
-                    device: device.to_string(),
-                    dtype: format!("{kind:?}"),
-                };
-                tracing::info!(
-                    model = %info.name, parameters = info.parameters, context = info.context_length,
-                    dtype = %info.dtype, device = %info.device, load_ms = started.elapsed().as_millis() as u64,
-                    "chat model loaded"
-                );
-                let _ = ready_tx.send(Ok(info));
-                Worker { model, tokenizer: worker_tokenizer }.run(jobs_rx);
-            })
-            .map_err(|e| load_err(format!("starting its thread: {e}")))?;
-        let info = ready_rx.recv().map_err(|_| load_err("the loader thread died".into()))?.map_err(load_err)?;
+        let load = move || {
+            let model = super::llama_loader::load_gguf(&path_owned, device.0, kind).map_err(|e| e.to_string())?;
+            let info = GeneratorInfo {
+                name: path_owned.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                parameters: model.parameter_count(),
+                context_length: model.config().max_position_embeddings,
+                device: device.to_string(),
+                dtype: format!("{kind:?}"),
+            };
+            Ok((model, info))
+        };
+        let serve = move |model| Worker { model, tokenizer: worker_tokenizer }.run(jobs_rx);
+        let (info, took) = model_thread::spawn("engram-generator", opts.threads, load, serve).map_err(load_err)?;
+        tracing::info!(
+            model = %info.name, parameters = info.parameters, context = info.context_length,
+            dtype = %info.dtype, device = %info.device, load_ms = took.as_millis() as u64, "chat model loaded"
+        );
         Ok(Self {
             jobs: jobs_tx,
             tokenizer,

@@ -9,7 +9,7 @@
 //!   `attn_k` within each head so that its interleaved RoPE can be used; the model here
 //!   uses the half-split rotation, so the order is restored on load.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +34,6 @@ const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 /// optional here too.
 #[derive(Debug, Deserialize)]
 struct HfConfig {
-    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -45,6 +44,8 @@ struct HfConfig {
     hidden_act: Option<String>,
     rope_theta: Option<f64>,
     rope_scaling: Option<Value>,
+    /// transformers 5 keeps `rope_theta` and the scaling together under this name.
+    rope_parameters: Option<Value>,
     rms_norm_eps: Option<f64>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
@@ -73,7 +74,6 @@ impl LlamaConfig {
             });
         }
         let hf: HfConfig = serde_json::from_value(raw).map_err(|e| invalid(e.to_string()))?;
-        debug_assert_eq!(hf.model_type.as_deref(), Some(model_type.as_str()));
 
         if let Some(act) = hf.hidden_act.as_deref().filter(|&a| a != "silu") {
             return Err(invalid(format!("hidden_act `{act}` is not supported (only silu)")));
@@ -84,11 +84,11 @@ impl LlamaConfig {
         if hf.num_attention_heads == 0 {
             return Err(invalid("num_attention_heads must be positive".into()));
         }
-        // The defaults of transformers' config classes for the fields older files omit.
-        let (default_context, default_eps) = match model_type.as_str() {
-            "llama" => (2048, 1e-6),
-            "mistral" => (4096 * 32, 1e-6),
-            _ => (32768, 1e-6),
+        // The defaults of transformers' config classes, for older files that omit fields.
+        let default_context = match model_type.as_str() {
+            "llama" => 2048,
+            "mistral" => 4096 * 32,
+            _ => 32768,
         };
         let mut max_position_embeddings = hf.max_position_embeddings.unwrap_or(default_context);
         // Within its window, sliding-window attention is plain causal attention; past it
@@ -102,10 +102,15 @@ impl LlamaConfig {
             tracing::info!(file = %path.display(), window, "sliding-window model: context limited to the window");
             max_position_embeddings = window;
         }
-        let rope_scaling = match &hf.rope_scaling {
-            None | Some(Value::Null) => None,
+        let rope_parameters = hf.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_scaling = match hf.rope_scaling.as_ref().filter(|v| !v.is_null()).or(rope_parameters) {
+            None => None,
             Some(value) => parse_hf_rope_scaling(value).map_err(invalid)?,
         };
+        let rope_theta = hf
+            .rope_theta
+            .or_else(|| rope_parameters.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .unwrap_or(10000.0);
         let config = LlamaConfig {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -114,9 +119,9 @@ impl LlamaConfig {
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
-            rope_theta: hf.rope_theta.unwrap_or(10000.0),
+            rope_theta,
             rope_scaling,
-            rms_norm_eps: hf.rms_norm_eps.unwrap_or(default_eps),
+            rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
             max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             // Qwen2's q/k/v always carry biases; its config has no switch for it.
@@ -371,8 +376,9 @@ fn unpermute_rows(tensor: Tensor, heads: usize, head_dim: usize) -> Result<Tenso
 }
 
 /// The weights of a GGUF file under Hugging Face names and layouts (q/k rows restored),
-/// dequantised and converted to `kind` on `device` one tensor at a time, so that host
-/// memory holds at most one tensor in f32. Tensors the model does not use are skipped.
+/// dequantised and converted to `kind` on `device` one tensor at a time, so that only one
+/// tensor at a time exists in f32 when `kind` is narrower. Tensors the model does not use
+/// are skipped.
 pub fn read_gguf_weights(
     file: &GgufFile,
     config: &LlamaConfig,
@@ -488,17 +494,17 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, LlamaError> {
     let value: Value = serde_json::from_str(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     let map =
         value.get("weight_map").and_then(Value::as_object).ok_or_else(|| invalid("no `weight_map` object".into()))?;
-    let mut names = BTreeMap::new();
+    let mut names = BTreeSet::new();
     for (tensor, shard) in map {
         let shard = shard.as_str().ok_or_else(|| invalid(format!("weight_map[{tensor:?}] is not a file name")))?;
         // Shards must sit next to the index; a path elsewhere is a corrupt or hostile file.
         if shard.contains('/') || shard.contains('\\') || shard == ".." {
             return Err(invalid(format!("weight_map[{tensor:?}] = {shard:?} is not a plain file name")));
         }
-        names.insert(shard.to_string(), ());
+        names.insert(shard.to_string());
     }
     let dir = index.parent().unwrap_or(Path::new("."));
-    Ok(names.into_keys().map(|shard| dir.join(shard)).collect())
+    Ok(names.into_iter().map(|shard| dir.join(shard)).collect())
 }
 
 /// Writes `tensors` (under Hugging Face names) and `config` as a Hugging Face folder:
@@ -515,6 +521,12 @@ pub fn write_hf_dir(config: &LlamaConfig, tensors: &HashMap<String, Tensor>, dir
         _ => "float32",
     });
     json["torch_dtype"] = json!(dtype.unwrap_or("float32"));
+    // transformers' Llama gives o_proj a bias whenever q/k/v have one; weights with biases
+    // on q/k/v alone are Qwen2's layout, and only under that name would it load them as is.
+    if config.attention_bias && !tensors.contains_key("model.layers.0.self_attn.o_proj.bias") {
+        json["model_type"] = json!("qwen2");
+        json["architectures"] = json!(["Qwen2ForCausalLM"]);
+    }
     let text = serde_json::to_string_pretty(&json).expect("a JSON value always serialises");
     fs::write(&config_path, text).map_err(io(config_path.clone()))?;
 

@@ -18,6 +18,7 @@ pub mod generator;
 pub mod gguf;
 pub mod llama;
 pub mod llama_loader;
+mod model_thread;
 pub mod sampling;
 pub mod text_stream;
 pub mod tokenizer;
