@@ -63,5 +63,5 @@ bench-corpus: bench/data/kjv.txt
 # Inference benchmarks next to sentence-transformers and Hugging Face transformers
 # (installed into the venv for this only).
 bench-compare: build bench-corpus
-	$(VENV)/bin/python -m pip install --disable-pip-version-check -q sentence-transformers transformers gguf
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q sentence-transformers transformers gguf accelerate
 	$(VENV)/bin/python bench/compare.py --engram $${CARGO_TARGET_DIR:-target}/release/engram

@@ -88,15 +88,26 @@ struct BertConfig {
     layer_norm_eps: f64,
 }
 
-/// A dense layer, `x Wᵀ + b`, with `W` as stored by PyTorch (`[out, in]`).
+/// A dense layer, `x Wᵀ + b`. `W` is kept transposed (`[in, out]`, contiguous): one
+/// `addmm` against it measured faster than `linear` on the stored `[out, in]` layout.
 struct Linear {
-    weight: Tensor,
+    weight_t: Tensor,
     bias: Tensor,
 }
 
 impl Linear {
+    /// From the PyTorch layout, `weight` as `[out, in]`.
+    fn new(weight: &Tensor, bias: Tensor) -> Result<Self, TchError> {
+        Ok(Self { weight_t: weight.f_tr()?.f_contiguous()?, bias })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.weight, Some(&self.bias))
+        let mut shape = x.size();
+        let inp = *shape.last().unwrap_or(&0);
+        let out = self.weight_t.size()[1];
+        let y = Tensor::f_addmm(&self.bias, &x.f_reshape([-1, inp])?, &self.weight_t)?;
+        *shape.last_mut().expect("at least 1-d") = out;
+        y.f_view(shape.as_slice())
     }
 }
 
@@ -127,7 +138,7 @@ struct Layer {
 impl Layer {
     /// `x` is `[batch, seq, hidden]`; `attend` is a `[batch, 1, 1, seq]` boolean mask,
     /// true on real tokens.
-    fn forward(&self, x: &Tensor, attend: &Tensor, heads: i64, eps: f64) -> Result<Tensor, TchError> {
+    fn forward(&self, x: &Tensor, attend: Option<&Tensor>, heads: i64, eps: f64) -> Result<Tensor, TchError> {
         let (batch, seq, hidden) = x.size3()?;
         let head_dim = hidden / heads;
         // [batch, seq, 3 * hidden] -> [3, batch, heads, seq, head_dim]
@@ -137,7 +148,7 @@ impl Layer {
         // a share of the attention and the vectors of short inputs drift with the batch.
         // Boolean rather than an additive bias: libtorch turns false into -inf, right in
         // every kind, where a fixed large negative number may not fit in f16.
-        let context = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(attend), 0.0, false, None, false)?;
+        let context = Tensor::f_scaled_dot_product_attention(&q, &k, &v, attend, 0.0, false, None, false)?;
         let context = context.f_permute([0, 2, 1, 3])?.f_reshape([batch, seq, hidden])?;
         let x = self.attention_norm.forward(&self.attention_out.forward(&context)?.f_add(x)?, eps)?;
         let inner = self.intermediate.forward(&x)?.f_gelu("none")?;
@@ -206,7 +217,7 @@ impl BertEncoder {
             let k = weights.linear(&format!("{p}.attention.self.key"), h, h)?;
             let v = weights.linear(&format!("{p}.attention.self.value"), h, h)?;
             let qkv = Linear {
-                weight: Tensor::f_cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+                weight_t: Tensor::f_cat(&[&q.weight_t, &k.weight_t, &v.weight_t], 1)?.f_contiguous()?,
                 bias: Tensor::f_cat(&[&q.bias, &k.bias, &v.bias], 0)?,
             };
             layers.push(Layer {
@@ -297,7 +308,10 @@ impl BertEncoder {
         let ids = Tensor::from_slice(&ids).f_view(shape)?.f_to_device(self.device)?;
         let real = Tensor::from_slice(&real).f_view(shape)?.f_to_device(self.device)?;
 
-        let states = self.encode(&ids, &real)?;
+        // Without padding there is nothing to mask, and unmasked attention takes
+        // libtorch's faster fused kernel.
+        let padded = batch.iter().any(|ids| ids.len().min(self.max_seq_length) < width);
+        let states = self.encode(&ids, padded.then_some(&real))?;
         let pooled = match self.pooling {
             Pooling::Cls => states.f_select(1, 0)?,
             Pooling::Mean => {
@@ -319,16 +333,16 @@ impl BertEncoder {
 
     /// Token ids `[batch, seq]` and mask `[batch, seq]` (true on real tokens) to the last
     /// layer's states, `[batch, seq, hidden]`.
-    fn encode(&self, ids: &Tensor, real: &Tensor) -> Result<Tensor, TchError> {
+    fn encode(&self, ids: &Tensor, real: Option<&Tensor>) -> Result<Tensor, TchError> {
         let (batch, seq) = ids.size2()?;
         let eps = self.config.layer_norm_eps;
         let words = Tensor::f_embedding(&self.word_embeddings, ids, -1, false, false)?;
         let positions = self.position_embeddings.f_narrow(0, 0, seq)?;
         let summed = words.f_add(&positions)?.f_add(&self.token_type_embedding)?;
         let mut x = self.embeddings_norm.forward(&summed, eps)?;
-        let attend = real.f_view([batch, 1, 1, seq])?;
+        let attend = real.map(|r| r.f_view([batch, 1, 1, seq])).transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, &attend, self.config.num_heads as i64, eps)?;
+            x = layer.forward(&x, attend.as_ref(), self.config.num_heads as i64, eps)?;
         }
         Ok(x)
     }
@@ -420,10 +434,8 @@ impl Weights {
     }
 
     fn linear(&mut self, name: &str, out: i64, inp: i64) -> Result<Linear, BertError> {
-        Ok(Linear {
-            weight: self.take(&format!("{name}.weight"), &[out, inp])?,
-            bias: self.take(&format!("{name}.bias"), &[out])?,
-        })
+        let weight = self.take(&format!("{name}.weight"), &[out, inp])?;
+        Ok(Linear::new(&weight, self.take(&format!("{name}.bias"), &[out])?)?)
     }
 
     /// Layer norms under both the current names and the `gamma`/`beta` of checkpoints
