@@ -2,7 +2,8 @@
 //!
 //! Layers, and which way they depend:
 //! - [`api`]: HTTP (axum) — routes, JSON, errors, middleware;
-//! - `memory` (to come): the memory logic — retrieval, context assembly, write-back;
+//! - [`memory`]: the memory logic — context assembly, lexical retrieval, chunking (the
+//!   chat loop that ties them to the store and models is to come);
 //! - [`store`]: sled records and the HNSW vector index; knows nothing of HTTP or models;
 //! - [`model`]: the transformers in libtorch; knows nothing of HTTP or the store.
 //!
@@ -13,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod server;
 pub mod store;

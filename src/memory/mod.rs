@@ -1,0 +1,8 @@
+//! The memory logic between the HTTP layer and the store and models: assembling the
+//! working memory (the prompt) under a token budget, lexical retrieval to fuse with the
+//! vector index, and splitting documents into chunks. Pure functions over plain data
+//! where possible, so they are tested without models or servers.
+
+pub mod chunking;
+pub mod context;
+pub mod lexical;
