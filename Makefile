@@ -25,8 +25,10 @@ CARGO ?= cargo
 run: setup
 	$(CARGO) run --release -- serve $(ARGS)
 
+# Passive OpenMP waits: tests run model code in parallel threads and processes on few
+# cores, where spinning waits starve the working threads (see src/main.rs).
 test: setup
-	$(CARGO) test --release
+	OMP_WAIT_POLICY=PASSIVE $(CARGO) test --release
 
 setup: $(STAMP) models
 
