@@ -18,6 +18,14 @@ pub struct Settings {
     pub store: StoreConfig,
     pub index: IndexParams,
     pub model: ModelConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub keys: Vec<String>,
+    pub open_tenant: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +108,7 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("server.cors_allowed_origins")
+                .with_list_parse_key("auth.keys")
                 .try_parsing(true)
                 .source(Some(env)),
         );

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::api::auth::ApiKeys;
 use crate::api::{self, AppState};
 use crate::config::{CudaDtype, ModelConfig, Settings};
+use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
 use crate::model::{DeviceSpec, Embedder, Engine, Generator, ResolvedDevice};
@@ -19,11 +21,20 @@ use crate::store::Store;
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let device = resolve_device(&settings.model)?;
     tracing::info!(%device, cuda = tch::Cuda::is_available(), "inference device");
-    let state = AppState::new(device, settings.model.embedder_truncate);
+    let keys = ApiKeys::from_config(&settings.auth.keys, &settings.auth.open_tenant).map_err(anyhow::Error::msg)?;
+    let open = !keys.required();
+    let state = AppState::new(device, settings.model.embedder_truncate, keys);
     let app = api::router(state.clone(), &settings.server).map_err(anyhow::Error::msg)?;
     let listener =
         TcpListener::bind(&settings.server.bind).await.with_context(|| format!("binding {}", settings.server.bind))?;
-    tracing::info!(address = %listener.local_addr()?, "listening");
+    let address = listener.local_addr()?;
+    if open && !address.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve {address} without API keys: configure auth.keys (ENGRAM_AUTH__KEYS) \
+             or bind a loopback address"
+        );
+    }
+    tracing::info!(%address, authentication = !open, "listening");
 
     // The store and the models load side by side; either failing stops the start-up.
     let store_config = settings.store_config();
@@ -34,7 +45,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         opening.await?.with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
     let store = Arc::new(store);
     state.set_store(store.clone());
-    state.set_engine(loading.await??);
+    let engine = loading.await??;
+    state.set_memory(MemoryService::new(store.clone(), engine.embedder.clone()));
+    state.set_engine(engine);
     tracing::info!("ready");
 
     let saver = tokio::spawn(save_index_periodically(store.clone(), settings.store.index_save_interval_secs));

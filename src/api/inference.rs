@@ -13,6 +13,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::auth::Tenant;
 use super::error::ApiError;
 use super::AppState;
 use crate::model::generator::{FinishReason, GenerateRequest, GenerationEvent, GenerationSummary};
@@ -68,6 +69,7 @@ const MAX_INPUTS: usize = 2048;
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    _: Tenant,
     Json(req): Json<EmbeddingsRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let engine = state.ready_engine()?;
@@ -153,6 +155,7 @@ fn stop_list(stop: Option<OneOrMany>) -> Result<Vec<String>, ApiError> {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    _: Tenant,
     Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = state.ready_engine()?;
@@ -242,7 +245,7 @@ where
     tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
 }
 
-pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Json<Value>, ApiError> {
     let engine = state.ready_engine()?;
     let mut data = Vec::new();
     if let Some(e) = &engine.embedder {

@@ -1,9 +1,11 @@
 //! The HTTP face of engram (axum). Handlers translate between JSON and the layers
 //! below; they hold no logic of their own.
 
+pub mod auth;
 pub mod error;
 mod health;
 mod inference;
+mod memories;
 pub mod middleware;
 
 use std::sync::{Arc, OnceLock};
@@ -12,8 +14,10 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::ServerConfig;
+use crate::memory::service::MemoryService;
 use crate::model::{Engine, ResolvedDevice};
 use crate::store::Store;
+use auth::ApiKeys;
 use error::ApiError;
 
 /// What handlers share. The store is opened after the listener is bound (opening can
@@ -21,14 +25,33 @@ use error::ApiError;
 pub struct AppState {
     store: OnceLock<Arc<Store>>,
     engine: OnceLock<Engine>,
+    memory: OnceLock<MemoryService>,
     pub device: ResolvedDevice,
     /// Whether over-long embedding inputs are cut (true) or refused.
     pub embedder_truncates: bool,
+    pub keys: ApiKeys,
 }
 
 impl AppState {
-    pub fn new(device: ResolvedDevice, embedder_truncates: bool) -> Arc<Self> {
-        Arc::new(Self { store: OnceLock::new(), engine: OnceLock::new(), device, embedder_truncates })
+    pub fn new(device: ResolvedDevice, embedder_truncates: bool, keys: ApiKeys) -> Arc<Self> {
+        Arc::new(Self {
+            store: OnceLock::new(),
+            engine: OnceLock::new(),
+            memory: OnceLock::new(),
+            device,
+            embedder_truncates,
+            keys,
+        })
+    }
+
+    /// Once both the store and the models are up, the memory service joins them.
+    pub fn set_memory(&self, memory: MemoryService) {
+        let _ = self.memory.set(memory);
+    }
+
+    /// The memory service, or 503 while the store or the models are still loading.
+    pub fn ready_memory(&self) -> Result<&MemoryService, ApiError> {
+        self.memory.get().ok_or_else(|| ApiError::unavailable("the service is still starting"))
     }
 
     /// Makes the loaded models available.
@@ -68,6 +91,9 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/models", get(inference::models))
         .route("/v1/embeddings", post(inference::embeddings))
         .route("/v1/completions", post(inference::completions))
+        .route("/v1/memories", post(memories::add).get(memories::list).delete(memories::erase_user))
+        .route("/v1/memories/search", post(memories::search))
+        .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state);
     middleware::apply(routes, config)

@@ -1,1 +1,465 @@
-//! (being written)
+//! Lexical retrieval: an in-memory BM25 inverted index, and reciprocal-rank fusion to merge
+//! its ranking with the dense (vector) one.
+//!
+//! The index is pure data with no persistence: the service rebuilds it from the store at
+//! start and keeps it in step on writes and deletes. Documents are identified by an opaque
+//! `u64` key chosen by the caller; scope filtering (tenant, namespace, …) stays with the
+//! caller through the `admit` closure given to [`LexicalIndex::search`], so this module knows
+//! nothing about the store's schema.
+
+use std::collections::HashMap;
+
+/// English function words that carry no retrieval signal. Kept sorted so membership is a
+/// binary search; `s` and `t` catch the fragments that apostrophes leave ("it's", "don't").
+const STOPWORDS: &[&str] = &[
+    "a", "am", "an", "and", "are", "as", "at", "be", "been", "being", "but", "by", "can", "did", "do", "does", "for",
+    "from", "had", "has", "have", "he", "her", "his", "i", "if", "in", "into", "is", "it", "its", "me", "my", "of",
+    "on", "or", "our", "s", "she", "so", "t", "than", "that", "the", "their", "them", "then", "there", "these", "they",
+    "this", "those", "to", "was", "we", "were", "what", "when", "where", "which", "who", "will", "with", "you", "your",
+];
+
+/// Splits text into index terms: lowercased, cut at every non-alphanumeric character
+/// (Unicode-aware, so "Zürich" stays one word), stopwords dropped, then lightly stemmed
+/// by [`stem`] so that e.g. "cats" and "cat" meet on the same term.
+pub fn tokenize(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && STOPWORDS.binary_search(w).is_err())
+        .map(stem)
+        .collect()
+}
+
+/// Conservative suffix stripping: plural `-s`/`-es`/`-ies`, `-ing` and `-ed`.
+///
+/// Deliberately much weaker than Porter: a wrong merge makes unrelated memories match,
+/// which costs more than a missed one (dense retrieval covers paraphrase anyway). Only
+/// purely alphabetic words are touched, so identifiers and numbers ("mp3", "2026s") stay
+/// as written. A suffix is stripped only when a plausible stem (≥ 3 letters, with a vowel)
+/// remains, which protects short words like "bus", "thing" or "need".
+fn stem(word: &str) -> String {
+    if !word.chars().all(char::is_alphabetic) {
+        return word.to_string();
+    }
+    let n = word.chars().count();
+    // All suffixes are ASCII, so byte slicing at `len - suffix.len()` is on a char boundary.
+    let cut = |suffix: &str| &word[..word.len() - suffix.len()];
+    if n >= 5 && word.ends_with("ies") {
+        // "stories" → "story"; short "ties" falls through to the plain "-s" rule → "tie".
+        return format!("{}y", cut("ies"));
+    }
+    if word.ends_with("sses") {
+        return cut("es").to_string();
+    }
+    if n >= 5 && word.ends_with("es") {
+        // "-es" is a plural only after sibilants ("boxes", "matches"); elsewhere ("notes")
+        // the "e" belongs to the stem and the plain "-s" rule below applies.
+        let base = cut("es");
+        if ["s", "x", "z", "ch", "sh"].iter().any(|s| base.ends_with(s)) {
+            return base.to_string();
+        }
+    }
+    if n >= 4 && word.ends_with('s') && !["ss", "us", "is"].iter().any(|s| word.ends_with(s)) {
+        // "class", "status", "analysis" are singular despite the final "s".
+        return cut("s").to_string();
+    }
+    if n >= 6 && word.ends_with("ing") {
+        if let Some(base) = verb_base(cut("ing")) {
+            return base;
+        }
+    }
+    if n >= 5 && word.ends_with("ed") && !word.ends_with("eed") {
+        // "eed" words ("speed", "feed") are rarely a past tense of anything.
+        if let Some(base) = verb_base(cut("ed")) {
+            return base;
+        }
+    }
+    word.to_string()
+}
+
+/// The stem left after removing `-ing`/`-ed`, or `None` if it is too short or has no vowel
+/// (then the suffix was part of the word: "string", "bed"). A doubled final consonant is
+/// undone ("running" → "run") except for l/s/z, which English doubles in base forms too
+/// ("falling" → "fall").
+fn verb_base(base: &str) -> Option<String> {
+    let chars: Vec<char> = base.chars().collect();
+    let has_vowel = chars.iter().any(|c| "aeiouy".contains(*c));
+    if chars.len() < 3 || !has_vowel {
+        return None;
+    }
+    let (last, prev) = (chars[chars.len() - 1], chars[chars.len() - 2]);
+    if last == prev && !"aeioulsz".contains(last) {
+        return Some(chars[..chars.len() - 1].iter().collect());
+    }
+    Some(base.to_string())
+}
+
+/// BM25 free parameters: `k1` saturates term frequency, `b` sets how strongly long
+/// documents are penalised (0 = not at all, 1 = fully proportional to length).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bm25Params {
+    /// Term-frequency saturation; the usual 1.2.
+    pub k1: f32,
+    /// Length normalisation strength; the usual 0.75.
+    pub b: f32,
+}
+
+impl Default for Bm25Params {
+    fn default() -> Self {
+        Bm25Params { k1: 1.2, b: 0.75 }
+    }
+}
+
+/// What the index remembers about one document, so that removing it can undo exactly
+/// what inserting it added to the postings, the document frequencies and the total length.
+#[derive(Debug, Clone)]
+struct DocEntry {
+    /// Number of tokens (after stopword removal): the BM25 document length.
+    len: u32,
+    /// Distinct terms with their counts.
+    terms: Vec<(String, u32)>,
+}
+
+/// An inverted index over documents keyed by `u64`, scored with Okapi BM25:
+/// idf = ln(1 + (N − df + 0.5)/(df + 0.5)), and for each query term
+/// idf · tf·(k1+1) / (tf + k1·(1 − b + b·dl/avgdl)).
+///
+/// All statistics (N, df, avgdl) are kept exact under insert, replace and remove, so the
+/// scores equal those of an index built from scratch over the same documents.
+#[derive(Debug, Clone)]
+pub struct LexicalIndex {
+    params: Bm25Params,
+    /// term → (doc → term frequency); the inner map's size is the term's df.
+    postings: HashMap<String, HashMap<u64, u32>>,
+    docs: HashMap<u64, DocEntry>,
+    /// Sum of all document lengths; an integer so avgdl never drifts across updates.
+    total_len: u64,
+}
+
+impl LexicalIndex {
+    /// An empty index with the given BM25 parameters.
+    pub fn new(params: Bm25Params) -> Self {
+        LexicalIndex { params, postings: HashMap::new(), docs: HashMap::new(), total_len: 0 }
+    }
+
+    /// Indexes `text` under `doc`, replacing any previous text for that key. A document
+    /// with no terms still counts towards N and avgdl, as it would in a fresh build.
+    pub fn insert(&mut self, doc: u64, text: &str) {
+        self.remove(doc);
+        let tokens = tokenize(text);
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for t in &tokens {
+            *counts.entry(t.clone()).or_insert(0) += 1;
+        }
+        let len = tokens.len() as u32;
+        for (term, &tf) in &counts {
+            self.postings.entry(term.clone()).or_default().insert(doc, tf);
+        }
+        self.total_len += u64::from(len);
+        self.docs.insert(doc, DocEntry { len, terms: counts.into_iter().collect() });
+    }
+
+    /// Removes `doc`; returns whether it was present. Terms left with no postings are
+    /// dropped so the vocabulary does not grow without bound under churn.
+    pub fn remove(&mut self, doc: u64) -> bool {
+        let Some(entry) = self.docs.remove(&doc) else {
+            return false;
+        };
+        for (term, _) in &entry.terms {
+            if let Some(list) = self.postings.get_mut(term) {
+                list.remove(&doc);
+                if list.is_empty() {
+                    self.postings.remove(term);
+                }
+            }
+        }
+        self.total_len -= u64::from(entry.len);
+        true
+    }
+
+    /// Number of indexed documents (N).
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Whether no document is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// Whether `doc` is indexed.
+    pub fn contains(&self, doc: u64) -> bool {
+        self.docs.contains_key(&doc)
+    }
+
+    /// The `k` best documents for `query` by BM25 among those `admit` accepts, best first,
+    /// with their scores. Only documents sharing at least one term with the query are
+    /// returned. Ties are broken by ascending key so results are deterministic.
+    ///
+    /// Each distinct query term counts once: after stemming, "cat cats" should not weigh
+    /// "cat" double. `admit` runs after scoring, once per matching document, so filtering
+    /// never costs more than one call per candidate and `k` admitted results come back
+    /// whenever that many exist.
+    pub fn search(&self, query: &str, k: usize, admit: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+        if k == 0 || self.docs.is_empty() {
+            return Vec::new();
+        }
+        let mut terms = tokenize(query);
+        terms.sort_unstable();
+        terms.dedup();
+
+        // f64 internally: sums over many terms then compare equal across rebuilt indexes.
+        let n = self.docs.len() as f64;
+        let avgdl = self.total_len as f64 / n;
+        let (k1, b) = (f64::from(self.params.k1), f64::from(self.params.b));
+        let mut scores: HashMap<u64, f64> = HashMap::new();
+        for term in &terms {
+            let Some(list) = self.postings.get(term) else { continue };
+            let df = list.len() as f64;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            for (&doc, &tf) in list {
+                let tf = f64::from(tf);
+                let dl = f64::from(self.docs[&doc].len);
+                // avgdl > 0 here: a posting exists, so some document has a token.
+                let norm = 1.0 - b + b * dl / avgdl;
+                *scores.entry(doc).or_insert(0.0) += idf * tf * (k1 + 1.0) / (tf + k1 * norm);
+            }
+        }
+
+        let mut hits: Vec<(u64, f64)> = scores.into_iter().filter(|&(doc, _)| admit(doc)).collect();
+        let by_rank = |a: &(u64, f64), b: &(u64, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if hits.len() > k {
+            // Partial selection first: only the k best need a full sort.
+            hits.select_nth_unstable_by(k - 1, by_rank);
+            hits.truncate(k);
+        }
+        hits.sort_unstable_by(by_rank);
+        hits.into_iter().map(|(doc, s)| (doc, s as f32)).collect()
+    }
+}
+
+impl Default for LexicalIndex {
+    fn default() -> Self {
+        LexicalIndex::new(Bm25Params::default())
+    }
+}
+
+/// Reciprocal-rank fusion: each list (best first) contributes `weight / (k0 + rank)` to
+/// every document it holds, with rank counted from 1. Returns all documents, best first,
+/// ties by ascending key.
+///
+/// Fusing ranks rather than scores is what lets BM25 and cosine similarity, whose scales
+/// have nothing in common, be combined without calibration; `k0` (60 is customary) damps
+/// the advantage of the very top ranks. A document repeated within one list counts only
+/// at its first (best) position.
+pub fn reciprocal_rank_fusion(lists: &[(&[u64], f32)], k0: f32) -> Vec<(u64, f32)> {
+    let mut fused: HashMap<u64, f64> = HashMap::new();
+    for &(list, weight) in lists {
+        let mut seen = std::collections::HashSet::new();
+        for (i, &doc) in list.iter().enumerate() {
+            if seen.insert(doc) {
+                let rank = (i + 1) as f64;
+                *fused.entry(doc).or_insert(0.0) += f64::from(weight) / (f64::from(k0) + rank);
+            }
+        }
+    }
+    let mut out: Vec<(u64, f64)> = fused.into_iter().collect();
+    out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.into_iter().map(|(doc, s)| (doc, s as f32)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit_all(_: u64) -> bool {
+        true
+    }
+
+    /// One BM25 term contribution written straight from the formula, independent of the
+    /// index code, so the tests check the implementation against the definition.
+    fn bm25_term(tf: f64, df: f64, n: f64, dl: f64, avgdl: f64) -> f64 {
+        let (k1, b) = (1.2, 0.75);
+        let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+        idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl / avgdl))
+    }
+
+    fn toy() -> LexicalIndex {
+        let mut idx = LexicalIndex::default();
+        idx.insert(1, "cat sat mat"); // dl 3
+        idx.insert(2, "dog sat log"); // dl 3
+        idx.insert(3, "cat cat dog bark loud"); // dl 5
+        idx
+    }
+
+    fn close(a: f32, b: f64) -> bool {
+        (f64::from(a) - b).abs() < 1e-5
+    }
+
+    #[test]
+    fn stopwords_are_sorted_for_binary_search() {
+        assert!(STOPWORDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn exact_bm25_scores_on_toy_corpus() {
+        let idx = toy();
+        assert_eq!(idx.len(), 3);
+        let (n, avgdl) = (3.0, 11.0 / 3.0);
+
+        // Single term "cat": df 2. Doc 1 tf 1 dl 3, doc 3 tf 2 dl 5; doc 2 absent.
+        let r = idx.search("cat", 10, &admit_all);
+        let s1 = bm25_term(1.0, 2.0, n, 3.0, avgdl);
+        let s3 = bm25_term(2.0, 2.0, n, 5.0, avgdl);
+        // Worked by hand: idf = ln 1.6 = 0.470004; norm(doc1) = 0.25 + 0.75·9/11 = 0.863636;
+        // 2.2 / (1 + 1.2·0.863636) = 1.080357 → 0.507772.
+        assert!((s1 - 0.507772).abs() < 1e-5, "{s1}");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, 3);
+        assert!(close(r[0].1, s3), "{r:?} vs {s3}");
+        assert_eq!(r[1].0, 1);
+        assert!(close(r[1].1, s1), "{r:?} vs {s1}");
+
+        // Two terms "cat dog" (both df 2) sum per document; "sat" shares doc 2.
+        let r = idx.search("Cat, DOG and sat", 10, &admit_all);
+        let e1 = bm25_term(1.0, 2.0, n, 3.0, avgdl) + bm25_term(1.0, 2.0, n, 3.0, avgdl);
+        let e2 = bm25_term(1.0, 2.0, n, 3.0, avgdl) * 2.0;
+        let e3 = bm25_term(2.0, 2.0, n, 5.0, avgdl) + bm25_term(1.0, 2.0, n, 5.0, avgdl);
+        let want: HashMap<u64, f64> = [(1, e1), (2, e2), (3, e3)].into_iter().collect();
+        assert_eq!(r.len(), 3);
+        for (doc, s) in &r {
+            assert!(close(*s, want[doc]), "doc {doc}: {s} vs {}", want[doc]);
+        }
+        assert!(r.windows(2).all(|w| w[0].1 >= w[1].1), "not best first: {r:?}");
+        // Docs 1 and 2 tie exactly; the tie goes to the smaller key.
+        let pos = |d: u64| r.iter().position(|x| x.0 == d).unwrap();
+        assert!(pos(1) < pos(2));
+
+        // Rare term "bark" (df 1) alone.
+        let r = idx.search("barking", 10, &admit_all);
+        assert_eq!(r.len(), 1);
+        assert!(close(r[0].1, bm25_term(1.0, 1.0, n, 5.0, avgdl)));
+
+        // No shared term: nothing.
+        assert!(idx.search("zebra", 10, &admit_all).is_empty());
+        assert!(idx.search("the and of", 10, &admit_all).is_empty());
+        assert!(idx.search("cat", 0, &admit_all).is_empty());
+    }
+
+    #[test]
+    fn rare_term_outranks_common_terms() {
+        let mut idx = LexicalIndex::default();
+        idx.insert(1, "meeting notes project meeting notes meeting");
+        idx.insert(2, "project zebra");
+        for d in 3..10 {
+            idx.insert(d, &format!("meeting notes project number {d}"));
+        }
+        let r = idx.search("project meeting notes zebra", 3, &admit_all);
+        assert_eq!(r[0].0, 2, "{r:?}");
+        assert_eq!(r[1].0, 1, "{r:?}");
+    }
+
+    #[test]
+    fn remove_and_replace_match_a_fresh_build() {
+        let mut idx = LexicalIndex::default();
+        idx.insert(1, "rust borrow checker lifetimes");
+        idx.insert(2, "python garbage collector reference counting");
+        idx.insert(3, "rust async runtime tokio");
+        idx.insert(4, "garbage collection in the jvm");
+        assert!(idx.remove(2));
+        assert!(!idx.remove(2));
+        assert!(!idx.remove(99));
+        idx.insert(3, "go garbage collector and goroutines");
+        idx.insert(5, "tokio tasks and rust futures");
+        assert!(idx.remove(5));
+
+        let mut fresh = LexicalIndex::default();
+        fresh.insert(1, "rust borrow checker lifetimes");
+        fresh.insert(3, "go garbage collector and goroutines");
+        fresh.insert(4, "garbage collection in the jvm");
+
+        assert_eq!(idx.len(), 3);
+        assert!(idx.contains(3) && !idx.contains(2) && !idx.contains(5));
+        assert_eq!(idx.total_len, fresh.total_len);
+        assert_eq!(idx.postings.len(), fresh.postings.len(), "empty postings must be dropped");
+        for q in ["rust", "garbage collector", "tokio async", "python counting", "jvm rust go"] {
+            assert_eq!(idx.search(q, 10, &admit_all), fresh.search(q, 10, &admit_all), "query {q:?}");
+        }
+        // The old text of doc 3 is gone.
+        assert!(idx.search("tokio async runtime", 10, &admit_all).is_empty());
+
+        // Removing everything leaves an empty, still usable index.
+        for d in [1, 3, 4] {
+            assert!(idx.remove(d));
+        }
+        assert!(idx.is_empty() && idx.postings.is_empty() && idx.total_len == 0);
+        assert!(idx.search("rust", 5, &admit_all).is_empty());
+    }
+
+    #[test]
+    fn admit_filter_excludes_but_still_fills_k() {
+        let mut idx = LexicalIndex::default();
+        // Odd docs mention the term more often, so they would win without the filter.
+        for d in 0..10u64 {
+            let text = if d % 2 == 1 { "apple apple apple pie" } else { "apple pie crust" };
+            idx.insert(d, text);
+        }
+        let even = |d: u64| d % 2 == 0;
+        let unfiltered = idx.search("apple", 3, &admit_all);
+        assert!(unfiltered.iter().all(|(d, _)| d % 2 == 1));
+
+        let r = idx.search("apple", 3, &even);
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 2, 4]);
+        let r = idx.search("apple", 100, &even);
+        assert_eq!(r.len(), 5);
+        assert!(r.iter().all(|(d, _)| d % 2 == 0));
+        assert!(idx.search("apple", 3, &|_| false).is_empty());
+    }
+
+    #[test]
+    fn tokenize_case_punctuation_unicode_stopwords_plurals() {
+        assert_eq!(tokenize("Café-Zürich 2026!"), vec!["café", "zürich", "2026"]);
+        assert_eq!(tokenize("The cat, and THE dog; it's a Dog."), vec!["cat", "dog", "dog"]);
+        assert_eq!(tokenize("ÉCOLE straße Москва 東京"), vec!["école", "straße", "москва", "東京"]);
+        assert_eq!(tokenize("cats"), tokenize("cat"));
+        assert_eq!(tokenize("Boxes matches stories classes"), vec!["box", "match", "story", "class"]);
+        assert_eq!(tokenize("notes running jumped falling"), vec!["note", "run", "jump", "fall"]);
+        // Words that only look inflected stay whole.
+        assert_eq!(
+            tokenize("class status bus thing string need speed bed ties"),
+            vec!["class", "status", "bus", "thing", "string", "need", "speed", "bed", "tie"]
+        );
+        // Identifiers and numbers are not stemmed.
+        assert_eq!(tokenize("mp3s v2ed"), vec!["mp3s", "v2ed"]);
+        assert!(tokenize("  ... --- !!! ").is_empty());
+
+        // The plural meets its singular through the index as well.
+        let mut idx = LexicalIndex::default();
+        idx.insert(7, "Two CATS slept.");
+        assert_eq!(idx.search("cat", 5, &admit_all).len(), 1);
+    }
+
+    #[test]
+    fn rrf_hand_computed_with_weights() {
+        let dense: &[u64] = &[1, 2, 3];
+        let lexical: &[u64] = &[3, 1, 4, 3]; // the repeated 3 must not count twice
+        let r = reciprocal_rank_fusion(&[(dense, 1.0), (lexical, 0.5)], 60.0);
+        let want = [
+            (1u64, 1.0 / 61.0 + 0.5 / 62.0), // 0.024458
+            (3, 1.0 / 63.0 + 0.5 / 61.0),    // 0.024070
+            (2, 1.0 / 62.0),                 // 0.016129
+            (4, 0.5 / 63.0),                 // 0.007937
+        ];
+        assert_eq!(r.len(), want.len());
+        for ((doc, s), (wd, ws)) in r.iter().zip(want) {
+            assert_eq!(*doc, wd, "{r:?}");
+            assert!(close(*s, ws), "doc {doc}: {s} vs {ws}");
+        }
+
+        // A heavier lexical weight flips the top two: 3 now leads.
+        let r = reciprocal_rank_fusion(&[(dense, 1.0), (lexical, 3.0)], 60.0);
+        assert_eq!((r[0].0, r[1].0), (3, 1));
+        assert!(close(r[0].1, 1.0 / 63.0 + 3.0 / 61.0)); // 0.065047
+        assert!(close(r[1].1, 1.0 / 61.0 + 3.0 / 62.0)); // 0.064780
+        assert!(reciprocal_rank_fusion(&[], 60.0).is_empty());
+    }
+}

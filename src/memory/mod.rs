@@ -6,3 +6,4 @@
 pub mod chunking;
 pub mod context;
 pub mod lexical;
+pub mod service;

@@ -104,6 +104,33 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Any request, with an optional API key and JSON body; returns the status and the
+    /// parsed body (Null when empty or not JSON).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        let sent = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        let res = match sent {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = res.status();
+        (status, res.into_json().unwrap_or_default())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

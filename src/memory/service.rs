@@ -1,0 +1,336 @@
+//! Long-term memories as the API sees them: adding (embedded on the way in), reading,
+//! editing, deleting and searching a user's memories, always within one tenant.
+//!
+//! The store is synchronous; every call into it runs on tokio's blocking pool so the
+//! async workers never wait on disk.
+
+use std::sync::Arc;
+
+use ulid::Ulid;
+
+use crate::model::{Embedder, EngineError};
+use crate::store::records::{now_ms, Kind, MemoryEntry, Scope};
+use crate::store::{NewEntry, Page, ScopeClause, SearchFilter, Store, StoreError};
+
+/// Everything that can go wrong here, mapped to HTTP statuses by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("no embedding model is configured")]
+    NoEmbedder,
+}
+
+/// A memory to add.
+#[derive(Debug, Clone, Default)]
+pub struct NewMemory {
+    pub user_id: String,
+    pub agent_id: String,
+    pub session_id: String,
+    pub text: String,
+    pub kind: Option<Kind>,
+    pub metadata: serde_json::Value,
+    pub importance: Option<f32>,
+    pub created_at_ms: Option<i64>,
+}
+
+/// Changes to a memory; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryPatch {
+    pub text: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub importance: Option<f32>,
+}
+
+/// What a search looks in, and how much it returns.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub query: String,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub kinds: Vec<Kind>,
+    pub k: usize,
+    pub min_score: f32,
+    /// Metadata fields that must equal these values.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub created_after_ms: Option<i64>,
+    pub created_before_ms: Option<i64>,
+}
+
+/// A search hit: the memory and its score (cosine similarity to the query).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub entry: MemoryEntry,
+    pub score: f32,
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct MemoryService {
+    store: Arc<Store>,
+    embedder: Option<Embedder>,
+}
+
+/// Longest memory text accepted, in bytes.
+pub const MAX_MEMORY_BYTES: usize = 64 * 1024;
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, MemoryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MemoryError::Invalid(format!("store task failed: {e}")))?
+        .map_err(Into::into)
+}
+
+fn check_text(text: &str) -> Result<(), MemoryError> {
+    if text.trim().is_empty() {
+        return Err(MemoryError::Invalid("text is empty".into()));
+    }
+    if text.len() > MAX_MEMORY_BYTES {
+        return Err(MemoryError::Invalid(format!("text is longer than {MAX_MEMORY_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+impl MemoryService {
+    pub fn new(store: Arc<Store>, embedder: Option<Embedder>) -> Self {
+        Self { store, embedder }
+    }
+
+    async fn embed_one(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
+        let embedder = self.embedder.as_ref().ok_or(MemoryError::NoEmbedder)?;
+        let mut out = embedder.embed(vec![text.to_owned()]).await?;
+        Ok(out.vectors.pop().unwrap_or_default())
+    }
+
+    /// Embeds and stores a memory. The same text for the same user and kind is stored
+    /// once: the existing memory comes back.
+    pub async fn add(&self, tenant: &str, m: NewMemory) -> Result<(MemoryEntry, bool), MemoryError> {
+        check_text(&m.text)?;
+        if m.user_id.is_empty() {
+            return Err(MemoryError::Invalid("user_id is required".into()));
+        }
+        if let Some(kind) = m.kind.filter(|k| *k == Kind::Knowledge) {
+            return Err(MemoryError::Invalid(format!(
+                "kind `{kind}` comes from documents; add them through /v1/documents"
+            )));
+        }
+        let embedding = self.embed_one(&m.text).await?;
+        let entry = NewEntry {
+            kind: Some(m.kind.unwrap_or(Kind::Fact)),
+            text: m.text,
+            embedding,
+            scope: Scope {
+                tenant: tenant.to_owned(),
+                user_id: m.user_id,
+                agent_id: m.agent_id,
+                session_id: m.session_id,
+            },
+            metadata: m.metadata,
+            created_at_ms: m.created_at_ms,
+            importance: m.importance,
+            ..Default::default()
+        };
+        let store = self.store.clone();
+        let (outcome, entry) = blocking(move || {
+            let outcome = store.put_entry(entry)?;
+            let stored =
+                store.get_entry(outcome.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", outcome.id)))?;
+            Ok((outcome, stored))
+        })
+        .await?;
+        Ok((entry, outcome.created))
+    }
+
+    /// A memory of this tenant; another tenant's is reported as absent.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<MemoryEntry, MemoryError> {
+        let ulid: Ulid = id.parse().map_err(|_| MemoryError::NotFound(format!("memory {id}")))?;
+        let store = self.store.clone();
+        let entry = blocking(move || store.get_entry(ulid)).await?;
+        entry
+            .filter(|e| e.scope.as_ref().is_some_and(|s| s.tenant == tenant))
+            .ok_or_else(|| MemoryError::NotFound(format!("memory {id}")))
+    }
+
+    pub async fn list(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        kind: Option<Kind>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<Page<MemoryEntry>, MemoryError> {
+        let (store, tenant, user) = (self.store.clone(), tenant.to_owned(), user_id.to_owned());
+        blocking(move || store.list_entries(&tenant, &user, kind, limit, cursor.as_deref())).await
+    }
+
+    /// Edits a memory; a new text is embedded again.
+    pub async fn update(&self, tenant: &str, id: &str, patch: MemoryPatch) -> Result<MemoryEntry, MemoryError> {
+        let mut entry = self.get(tenant, id).await?;
+        if let Some(text) = patch.text {
+            check_text(&text)?;
+            if text != entry.text {
+                entry.embedding = self.embed_one(&text).await?;
+                entry.text = text;
+            }
+        }
+        if let Some(metadata) = patch.metadata {
+            entry.metadata_json = match metadata {
+                serde_json::Value::Null => String::new(),
+                v @ serde_json::Value::Object(_) => v.to_string(),
+                _ => return Err(MemoryError::Invalid("metadata must be a JSON object".into())),
+            };
+        }
+        if let Some(importance) = patch.importance {
+            entry.importance = importance;
+        }
+        entry.updated_at_ms = now_ms();
+        let store = self.store.clone();
+        blocking(move || {
+            store.replace_entry(entry.clone())?;
+            store
+                .get_entry(entry.ulid().expect("stored ids are valid"))?
+                .ok_or_else(|| StoreError::NotFound("memory".into()))
+        })
+        .await
+    }
+
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), MemoryError> {
+        let entry = self.get(tenant, id).await?;
+        let ulid = entry.ulid().expect("stored ids are valid");
+        let store = self.store.clone();
+        blocking(move || store.delete_entry(ulid)).await?;
+        Ok(())
+    }
+
+    /// Erases everything of one user: memories, sessions, documents. Returns how many
+    /// memories were deleted.
+    pub async fn erase_user(&self, tenant: &str, user_id: &str) -> Result<usize, MemoryError> {
+        let (store, tenant, user) = (self.store.clone(), tenant.to_owned(), user_id.to_owned());
+        blocking(move || store.erase_user(&tenant, &user)).await
+    }
+
+    /// The memories closest in meaning to the query, within the tenant and the given
+    /// user (their own memories, plus the tenant's shared knowledge).
+    pub async fn search(&self, tenant: &str, q: SearchQuery) -> Result<Vec<Found>, MemoryError> {
+        if q.query.trim().is_empty() {
+            return Err(MemoryError::Invalid("query is empty".into()));
+        }
+        if q.k == 0 || q.k > 100 {
+            return Err(MemoryError::Invalid(format!("k must be within 1..100, got {}", q.k)));
+        }
+        let vector = self.embed_one(&q.query).await?;
+        let filter = scope_filter(tenant, &q);
+        let store = self.store.clone();
+        // Post-filters (metadata, dates, minimum score) can only remove hits: ask for more.
+        let fetch = if q.metadata.is_empty() && q.created_after_ms.is_none() && q.created_before_ms.is_none() {
+            q.k
+        } else {
+            (q.k * 10).min(1000)
+        };
+        let hits = blocking(move || store.search(&vector, fetch, &filter)).await?;
+        Ok(hits
+            .into_iter()
+            .filter(|h| h.similarity >= q.min_score)
+            .filter(|h| q.created_after_ms.is_none_or(|t| h.entry.created_at_ms >= t))
+            .filter(|h| q.created_before_ms.is_none_or(|t| h.entry.created_at_ms < t))
+            .filter(|h| metadata_matches(&h.entry.metadata_json, &q.metadata))
+            .take(q.k)
+            .map(|h| Found { entry: h.entry, score: h.similarity })
+            .collect())
+    }
+}
+
+/// The tenant's shared knowledge, and — for a given user — that user's memories of the
+/// requested kinds (optionally within one session).
+fn scope_filter(tenant: &str, q: &SearchQuery) -> SearchFilter {
+    let wants = |k: Kind| q.kinds.is_empty() || q.kinds.contains(&k);
+    let mut any_of = Vec::new();
+    if wants(Kind::Knowledge) {
+        any_of.push(ScopeClause {
+            tenant: Some(tenant.to_owned()),
+            user_id: Some(String::new()),
+            kinds: vec![Kind::Knowledge],
+            ..Default::default()
+        });
+    }
+    if let Some(user) = &q.user_id {
+        any_of.push(ScopeClause {
+            tenant: Some(tenant.to_owned()),
+            user_id: Some(user.clone()),
+            session_id: q.session_id.clone(),
+            kinds: q.kinds.clone(),
+            ..Default::default()
+        });
+    }
+    if any_of.is_empty() {
+        // Nothing requested that this caller may see: a clause no entry matches.
+        any_of.push(ScopeClause {
+            tenant: Some(tenant.to_owned()),
+            kinds: vec![Kind::Unspecified],
+            ..Default::default()
+        });
+    }
+    SearchFilter { any_of }
+}
+
+fn metadata_matches(stored: &str, wanted: &serde_json::Map<String, serde_json::Value>) -> bool {
+    if wanted.is_empty() {
+        return true;
+    }
+    let Ok(serde_json::Value::Object(have)) = serde_json::from_str::<serde_json::Value>(stored) else { return false };
+    wanted.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(user: Option<&str>, kinds: Vec<Kind>) -> SearchQuery {
+        SearchQuery {
+            query: "q".into(),
+            user_id: user.map(str::to_owned),
+            session_id: None,
+            kinds,
+            k: 5,
+            min_score: 0.0,
+            metadata: Default::default(),
+            created_after_ms: None,
+            created_before_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_user_sees_their_memories_and_the_tenants_knowledge_only() {
+        let f = scope_filter("acme", &query(Some("alice"), vec![]));
+        assert_eq!(f.any_of.len(), 2);
+        assert!(f.any_of.iter().all(|c| c.tenant.as_deref() == Some("acme")));
+        assert_eq!(f.any_of[0].user_id.as_deref(), Some(""));
+        assert_eq!(f.any_of[0].kinds, vec![Kind::Knowledge]);
+        assert_eq!(f.any_of[1].user_id.as_deref(), Some("alice"));
+        // Asking only for facts leaves the shared knowledge out.
+        let f = scope_filter("acme", &query(Some("alice"), vec![Kind::Fact]));
+        assert_eq!(f.any_of.len(), 1);
+        // No user and no knowledge wanted: nothing can match, never "everything".
+        let f = scope_filter("acme", &query(None, vec![Kind::Fact]));
+        assert_eq!(f.any_of[0].kinds, vec![Kind::Unspecified]);
+    }
+
+    #[test]
+    fn metadata_filters_need_every_field_equal() {
+        let want = serde_json::json!({"topic": "food", "n": 2});
+        let want = want.as_object().unwrap();
+        assert!(metadata_matches(r#"{"topic":"food","n":2,"x":1}"#, want));
+        assert!(!metadata_matches(r#"{"topic":"food","n":3}"#, want));
+        assert!(!metadata_matches("", want));
+        assert!(metadata_matches("", &Default::default()));
+    }
+}
