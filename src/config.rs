@@ -19,6 +19,7 @@ pub struct Settings {
     pub index: IndexParams,
     pub model: ModelConfig,
     pub auth: AuthConfig,
+    pub retrieval: crate::memory::ranking::RankingWeights,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,7 +46,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = Arc::new(store);
     state.set_store(store.clone());
     let engine = loading.await??;
-    state.set_memory(MemoryService::new(store.clone(), engine.embedder.clone()));
+    let (memory_store, embedder, weights) = (store.clone(), engine.embedder.clone(), settings.retrieval.clone());
+    let memory = tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights)).await??;
+    state.set_memory(memory);
     state.set_engine(engine);
     tracing::info!("ready");
 

@@ -65,6 +65,16 @@ fn memories_are_scoped_searchable_editable_and_erasable() {
     let score = found["results"][0]["score"].as_f64().unwrap();
     assert!(score > 0.3 && score <= 1.0, "{score}");
     assert_eq!(texts(&server.call("POST", "/v1/memories/search", GLOBEX, Some(&ask)).1), Vec::<String>::new());
+    // Each retrieval method alone: a rare word is the lexical side's strength.
+    for mode in ["lexical", "dense", "hybrid"] {
+        let q = json!({ "query": "lapsang", "user_id": "bob", "k": 1, "mode": mode, "kinds": ["fact"] });
+        let (status, found) = server.call("POST", "/v1/memories/search", ACME, Some(&q));
+        assert_eq!(status, 200, "{mode}: {found}");
+        assert_eq!(texts(&found), vec![facts[3].1], "{mode}");
+    }
+    let (status, _) =
+        server.call("POST", "/v1/memories/search", ACME, Some(&json!({ "query": "x", "mode": "psychic" })));
+    assert_eq!(status, 422);
     // Filters: metadata equality, created_at range, minimum score.
     let filtered = json!({ "query": "tea", "user_id": "alice", "filters": { "metadata": { "source": "crm" } } });
     assert!(texts(&server.call("POST", "/v1/memories/search", ACME, Some(&filtered)).1).is_empty());

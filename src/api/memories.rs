@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::auth::Tenant;
 use super::error::ApiError;
 use super::AppState;
+use crate::memory::ranking::Mode;
 use crate::memory::service::{MemoryError, MemoryPatch, NewMemory, SearchQuery};
 use crate::store::records::{memory_entry::Source, Kind, MemoryEntry};
 
@@ -217,6 +218,9 @@ pub struct SearchRequest {
     min_score: Option<f32>,
     #[serde(default)]
     filters: Option<SearchFilters>,
+    /// `hybrid` (default), `dense` or `lexical`.
+    #[serde(default)]
+    mode: Mode,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,6 +262,7 @@ pub async fn search(
             .as_ref()
             .map(|v| parse_time("filters.created_before", v))
             .transpose()?,
+        mode: req.mode,
     };
     let found = memory.search(&tenant, query).await?;
     let results: Vec<Value> = found

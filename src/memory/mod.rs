@@ -6,4 +6,5 @@
 pub mod chunking;
 pub mod context;
 pub mod lexical;
+pub mod ranking;
 pub mod service;

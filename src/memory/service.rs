@@ -6,8 +6,11 @@
 
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use ulid::Ulid;
 
+use super::lexical::{Bm25Params, LexicalIndex};
+use super::ranking::{fuse, Candidate, Mode, RankingWeights};
 use crate::model::{Embedder, EngineError};
 use crate::store::records::{now_ms, Kind, MemoryEntry, Scope};
 use crate::store::{NewEntry, Page, ScopeClause, SearchFilter, Store, StoreError};
@@ -61,9 +64,11 @@ pub struct SearchQuery {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_after_ms: Option<i64>,
     pub created_before_ms: Option<i64>,
+    pub mode: Mode,
 }
 
-/// A search hit: the memory and its score (cosine similarity to the query).
+/// A search hit: the memory and its score — the fused score in 0..1 in hybrid mode,
+/// the cosine similarity in dense mode, the BM25 score in lexical mode.
 #[derive(Debug, Clone)]
 pub struct Found {
     pub entry: MemoryEntry,
@@ -75,6 +80,10 @@ pub struct Found {
 pub struct MemoryService {
     store: Arc<Store>,
     embedder: Option<Embedder>,
+    /// BM25 over every entry's text, keyed by the entry's index point; scoped at query
+    /// time through the vector index's live, labelled points.
+    lexical: Arc<RwLock<LexicalIndex>>,
+    weights: RankingWeights,
 }
 
 /// Longest memory text accepted, in bytes.
@@ -101,8 +110,33 @@ fn check_text(text: &str) -> Result<(), MemoryError> {
 }
 
 impl MemoryService {
-    pub fn new(store: Arc<Store>, embedder: Option<Embedder>) -> Self {
-        Self { store, embedder }
+    /// Builds the lexical index from every stored entry (blocking: call it off the
+    /// async workers).
+    pub fn new(store: Arc<Store>, embedder: Option<Embedder>, weights: RankingWeights) -> Result<Self, MemoryError> {
+        let mut lexical = LexicalIndex::new(Bm25Params::default());
+        store.scan_entries(|e| lexical.insert(e.point_id, &e.text))?;
+        Ok(Self { store, embedder, lexical: Arc::new(RwLock::new(lexical)), weights })
+    }
+
+    /// Keeps the lexical index in step with entries written elsewhere (documents,
+    /// chat write-back).
+    pub fn note_written(&self, entries: &[MemoryEntry]) {
+        let mut lexical = self.lexical.write();
+        for e in entries {
+            lexical.insert(e.point_id, &e.text);
+        }
+    }
+
+    /// The counterpart of [`MemoryService::note_written`] for deleted entries.
+    pub fn note_deleted(&self, points: &[u64]) {
+        let mut lexical = self.lexical.write();
+        for p in points {
+            lexical.remove(*p);
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     async fn embed_one(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
@@ -147,6 +181,9 @@ impl MemoryService {
             Ok((outcome, stored))
         })
         .await?;
+        if outcome.created {
+            self.note_written(std::slice::from_ref(&entry));
+        }
         Ok((entry, outcome.created))
     }
 
@@ -175,6 +212,7 @@ impl MemoryService {
     /// Edits a memory; a new text is embedded again.
     pub async fn update(&self, tenant: &str, id: &str, patch: MemoryPatch) -> Result<MemoryEntry, MemoryError> {
         let mut entry = self.get(tenant, id).await?;
+        let old_point = entry.point_id;
         if let Some(text) = patch.text {
             check_text(&text)?;
             if text != entry.text {
@@ -194,13 +232,16 @@ impl MemoryService {
         }
         entry.updated_at_ms = now_ms();
         let store = self.store.clone();
-        blocking(move || {
+        let updated = blocking(move || {
             store.replace_entry(entry.clone())?;
             store
                 .get_entry(entry.ulid().expect("stored ids are valid"))?
                 .ok_or_else(|| StoreError::NotFound("memory".into()))
         })
-        .await
+        .await?;
+        self.note_deleted(&[old_point]);
+        self.note_written(std::slice::from_ref(&updated));
+        Ok(updated)
     }
 
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), MemoryError> {
@@ -208,6 +249,7 @@ impl MemoryService {
         let ulid = entry.ulid().expect("stored ids are valid");
         let store = self.store.clone();
         blocking(move || store.delete_entry(ulid)).await?;
+        self.note_deleted(&[entry.point_id]);
         Ok(())
     }
 
@@ -215,7 +257,23 @@ impl MemoryService {
     /// memories were deleted.
     pub async fn erase_user(&self, tenant: &str, user_id: &str) -> Result<usize, MemoryError> {
         let (store, tenant, user) = (self.store.clone(), tenant.to_owned(), user_id.to_owned());
-        blocking(move || store.erase_user(&tenant, &user)).await
+        // The user's texts must leave the lexical index too: collect their points first.
+        let (deleted, points) = blocking(move || {
+            let mut points = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store.list_entries(&tenant, &user, None, 1000, cursor.as_deref())?;
+                points.extend(page.items.iter().map(|e| e.point_id));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            Ok((store.erase_user(&tenant, &user)?, points))
+        })
+        .await?;
+        self.note_deleted(&points);
+        Ok(deleted)
     }
 
     /// The memories closest in meaning to the query, within the tenant and the given
@@ -227,16 +285,64 @@ impl MemoryService {
         if q.k == 0 || q.k > 100 {
             return Err(MemoryError::Invalid(format!("k must be within 1..100, got {}", q.k)));
         }
-        let vector = self.embed_one(&q.query).await?;
         let filter = scope_filter(tenant, &q);
-        let store = self.store.clone();
-        // Post-filters (metadata, dates, minimum score) can only remove hits: ask for more.
-        let fetch = if q.metadata.is_empty() && q.created_after_ms.is_none() && q.created_before_ms.is_none() {
-            q.k
-        } else {
-            (q.k * 10).min(1000)
+        // Post-filters (metadata, dates, minimum score) can only remove hits, and fusion
+        // needs depth from both lists: fetch more than asked.
+        let post_filtered = !q.metadata.is_empty() || q.created_after_ms.is_some() || q.created_before_ms.is_some();
+        let fetch = if post_filtered { (q.k * 10).min(1000) } else { (q.k * 4).max(20) };
+        let dense = match q.mode {
+            Mode::Lexical => Vec::new(),
+            Mode::Dense | Mode::Hybrid => {
+                let vector = self.embed_one(&q.query).await?;
+                let (store, filter) = (self.store.clone(), filter.clone());
+                blocking(move || Ok(store.index().search(&crate::store::normalized(&vector), fetch, &filter))).await?
+            }
         };
-        let hits = blocking(move || store.search(&vector, fetch, &filter)).await?;
+        let lexical = match q.mode {
+            Mode::Dense => Vec::new(),
+            Mode::Lexical | Mode::Hybrid => {
+                let (lexical, store, query, filter) =
+                    (self.lexical.clone(), self.store.clone(), q.query.clone(), filter.clone());
+                blocking(move || {
+                    Ok(store.index().with_admit(&filter, |admit| lexical.read().search(&query, fetch, admit)))
+                })
+                .await?
+            }
+        };
+        let store = self.store.clone();
+        let weights = self.weights.clone();
+        let mode = q.mode;
+        let ranked: Vec<(u64, f32)> = match mode {
+            Mode::Dense => dense.iter().map(|h| (h.point, h.similarity)).collect(),
+            Mode::Lexical => lexical,
+            Mode::Hybrid => {
+                let dense_points: Vec<u64> = dense.iter().map(|h| h.point).collect();
+                let lexical_points: Vec<u64> = lexical.iter().map(|(p, _)| *p).collect();
+                let candidates: Vec<u64> = dense_points.iter().chain(&lexical_points).copied().collect();
+                // Age and importance come from the entries themselves.
+                let store2 = store.clone();
+                let facts: std::collections::HashMap<u64, Candidate> = blocking(move || {
+                    Ok(store2
+                        .resolve_hits(candidates.into_iter().map(|p| (p, 0.0)))?
+                        .into_iter()
+                        .map(|s| {
+                            let e = s.entry;
+                            (
+                                e.point_id,
+                                Candidate {
+                                    point: e.point_id,
+                                    created_at_ms: e.created_at_ms,
+                                    importance: e.importance,
+                                },
+                            )
+                        })
+                        .collect())
+                })
+                .await?;
+                fuse(&dense_points, &lexical_points, &|p| facts.get(&p).copied(), &weights, now_ms())
+            }
+        };
+        let hits = blocking(move || store.resolve_hits(ranked.into_iter())).await?;
         Ok(hits
             .into_iter()
             .filter(|h| h.similarity >= q.min_score)
@@ -305,6 +411,7 @@ mod tests {
             metadata: Default::default(),
             created_after_ms: None,
             created_before_ms: None,
+            mode: Mode::Hybrid,
         }
     }
 

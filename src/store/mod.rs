@@ -61,6 +61,14 @@ impl Default for StoreConfig {
     }
 }
 
+/// `v` scaled to unit length (a zero or non-finite vector comes back unchanged; the
+/// index then finds nothing close to it).
+pub fn normalized(v: &[f32]) -> Vec<f32> {
+    let mut out = v.to_vec();
+    index::normalize(&mut out);
+    out
+}
+
 /// Counts for `engram store stats` and the readiness endpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {

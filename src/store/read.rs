@@ -153,9 +153,20 @@ impl Store {
         self.resolve_hits(hits.into_iter().map(|h| (h.point, h.similarity)))
     }
 
+    /// Calls `f` with every entry that decodes (damaged ones are `verify`'s business).
+    pub fn scan_entries(&self, mut f: impl FnMut(MemoryEntry)) -> Result<()> {
+        for item in self.trees.entries.iter() {
+            let (key, value) = item?;
+            if let Ok(entry) = decode_entry(&key, &value) {
+                f(entry);
+            }
+        }
+        Ok(())
+    }
+
     /// Maps index points to their entries. A point whose entry vanished in between (a
     /// concurrent delete) is skipped.
-    pub(crate) fn resolve_hits(&self, hits: impl Iterator<Item = (u64, f32)>) -> Result<Vec<ScoredEntry>> {
+    pub fn resolve_hits(&self, hits: impl Iterator<Item = (u64, f32)>) -> Result<Vec<ScoredEntry>> {
         let mut out = Vec::new();
         for (point, similarity) in hits {
             let Some(id) = self.trees.points.get(keys::point_key(point))? else {

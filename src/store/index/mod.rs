@@ -239,6 +239,15 @@ impl VectorIndex {
         exact_top_k(&table, query, k, |l| compiled.admits(l))
     }
 
+    /// Runs `f` with a test for "is this point live and admitted by `filter`", holding
+    /// the table steady meanwhile (for other retrieval methods that rank points by
+    /// themselves and need the same scoping).
+    pub fn with_admit<T>(&self, filter: &SearchFilter, f: impl FnOnce(&dyn Fn(u64) -> bool) -> T) -> T {
+        let table = self.table.read();
+        let compiled = table.compile(filter);
+        f(&|point| table.get(point).is_some_and(|p| compiled.admits(&p.label)))
+    }
+
     /// Exact search by a full scan: the reference the graph search is measured against.
     pub fn exact_search(&self, query: &[f32], k: usize, filter: &SearchFilter) -> Vec<Hit> {
         let table = self.table.read();

@@ -1,0 +1,129 @@
+//! Fusing the retrieval signals into one score: dense (vector) and lexical (BM25) ranks
+//! by weighted reciprocal-rank fusion, then recency and importance as further terms.
+
+use serde::Deserialize;
+
+use super::lexical::reciprocal_rank_fusion;
+
+/// How retrieval signals are weighted (`[retrieval]` in the config).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RankingWeights {
+    pub dense: f32,
+    pub lexical: f32,
+    /// The RRF constant: larger flattens the difference between ranks.
+    pub rrf_k: f32,
+    pub recency: f32,
+    pub recency_half_life_days: f32,
+    pub importance: f32,
+}
+
+impl Default for RankingWeights {
+    fn default() -> Self {
+        Self { dense: 1.0, lexical: 1.0, rrf_k: 60.0, recency: 0.1, recency_half_life_days: 30.0, importance: 0.1 }
+    }
+}
+
+/// Which signals a search uses (the API's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Hybrid,
+    Dense,
+    Lexical,
+}
+
+/// A candidate's facts, as the fusion needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    pub point: u64,
+    pub created_at_ms: i64,
+    pub importance: f32,
+}
+
+/// 1 for now, halving every `half_life_days` of age; future times count as now.
+pub fn recency(created_at_ms: i64, now_ms: i64, half_life_days: f32) -> f32 {
+    let age_days = (now_ms - created_at_ms).max(0) as f32 / 86_400_000.0;
+    if half_life_days <= 0.0 {
+        return 0.0;
+    }
+    0.5f32.powf(age_days / half_life_days)
+}
+
+/// Fused scores in 0..1, best first. `dense` and `lexical` are point ids best first;
+/// `facts` gives each candidate's age and importance. The rank part is scaled so a
+/// point first in every list scores 1 before the other terms; the terms are then mixed
+/// as `(1 − r − i)·rank + r·recency + i·importance`.
+pub fn fuse(
+    dense: &[u64],
+    lexical: &[u64],
+    facts: &dyn Fn(u64) -> Option<Candidate>,
+    w: &RankingWeights,
+    now_ms: i64,
+) -> Vec<(u64, f32)> {
+    let lists = [(dense, w.dense), (lexical, w.lexical)];
+    let best_possible: f32 = lists.iter().filter(|(l, _)| !l.is_empty()).map(|(_, wt)| wt / (w.rrf_k + 1.0)).sum();
+    let fused = reciprocal_rank_fusion(&lists, w.rrf_k);
+    let rank_share = (1.0 - w.recency - w.importance).max(0.0);
+    let mut out: Vec<(u64, f32)> = fused
+        .into_iter()
+        .filter_map(|(point, rrf)| {
+            let c = facts(point)?;
+            let rank = if best_possible > 0.0 { rrf / best_possible } else { 0.0 };
+            let score = rank_share * rank
+                + w.recency * recency(c.created_at_ms, now_ms, w.recency_half_life_days)
+                + w.importance * c.importance.clamp(0.0, 1.0);
+            Some((point, score))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn recency_halves_every_half_life() {
+        assert!((recency(0, 0, 30.0) - 1.0).abs() < 1e-6);
+        assert!((recency(0, 30 * DAY, 30.0) - 0.5).abs() < 1e-6);
+        assert!((recency(0, 60 * DAY, 30.0) - 0.25).abs() < 1e-6);
+        assert_eq!(recency(10 * DAY, 0, 30.0), 1.0, "the future counts as now");
+    }
+
+    #[test]
+    fn agreement_between_lists_wins_and_scores_stay_in_range() {
+        let facts = |p: u64| Some(Candidate { point: p, created_at_ms: 0, importance: 0.5 });
+        let w = RankingWeights { recency: 0.0, importance: 0.0, ..Default::default() };
+        // 2 is second in both lists; 1 and 3 are first in one and absent from the other.
+        let fused = fuse(&[1, 2], &[3, 2], &facts, &w, 0);
+        assert_eq!(fused[0].0, 2);
+        // 2: (1/62 + 1/62) / (2/61) = 61/62.
+        assert!((fused[0].1 - 61.0 / 62.0).abs() < 1e-6, "{fused:?}");
+        // First in both: exactly 1.
+        let fused = fuse(&[7], &[7], &facts, &w, 0);
+        assert!((fused[0].1 - 1.0).abs() < 1e-6);
+        // One list only (dense mode): its first scores 1.
+        let fused = fuse(&[7, 8], &[], &facts, &w, 0);
+        assert!((fused[0].1 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn recency_and_importance_break_rank_ties() {
+        let w = RankingWeights::default();
+        let facts =
+            |p: u64| Some(Candidate { point: p, created_at_ms: if p == 1 { 0 } else { 300 * DAY }, importance: 0.5 });
+        // Equal ranks (1 first in dense, 2 first in lexical); 2 is recent, 1 is old.
+        let fused = fuse(&[1], &[2], &facts, &w, 300 * DAY);
+        assert_eq!(fused[0].0, 2);
+        let facts = |p: u64| Some(Candidate { point: p, created_at_ms: 0, importance: if p == 1 { 1.0 } else { 0.0 } });
+        let fused = fuse(&[1], &[2], &facts, &w, 0);
+        assert_eq!(fused[0].0, 1);
+        // Points whose facts are gone (deleted meanwhile) are dropped.
+        assert!(fuse(&[1], &[], &|_| None, &w, 0).is_empty());
+    }
+}
