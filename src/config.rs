@@ -20,6 +20,7 @@ pub struct Settings {
     pub model: ModelConfig,
     pub auth: AuthConfig,
     pub retrieval: crate::memory::ranking::RankingWeights,
+    pub chat: crate::memory::chat::ChatConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::api::auth::ApiKeys;
 use crate::api::{self, AppState};
 use crate::config::{CudaDtype, ModelConfig, Settings};
+use crate::memory::chat::Chat;
 use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
@@ -48,6 +49,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine = loading.await??;
     let (memory_store, embedder, weights) = (store.clone(), engine.embedder.clone(), settings.retrieval.clone());
     let memory = tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights)).await??;
+    if let Some(generator) = engine.generator.clone().filter(|_| engine.embedder.is_some()) {
+        state.set_chat(Chat::new(memory.clone(), generator, settings.chat.clone()));
+    }
     state.set_memory(memory);
     state.set_engine(engine);
     tracing::info!("ready");

@@ -2,6 +2,7 @@
 //! below; they hold no logic of their own.
 
 pub mod auth;
+mod chat;
 pub mod error;
 mod health;
 mod inference;
@@ -14,6 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::config::ServerConfig;
+use crate::memory::chat::Chat;
 use crate::memory::service::MemoryService;
 use crate::model::{Engine, ResolvedDevice};
 use crate::store::Store;
@@ -26,6 +28,7 @@ pub struct AppState {
     store: OnceLock<Arc<Store>>,
     engine: OnceLock<Engine>,
     memory: OnceLock<MemoryService>,
+    chat: OnceLock<Chat>,
     pub device: ResolvedDevice,
     /// Whether over-long embedding inputs are cut (true) or refused.
     pub embedder_truncates: bool,
@@ -38,6 +41,7 @@ impl AppState {
             store: OnceLock::new(),
             engine: OnceLock::new(),
             memory: OnceLock::new(),
+            chat: OnceLock::new(),
             device,
             embedder_truncates,
             keys,
@@ -47,6 +51,17 @@ impl AppState {
     /// Once both the store and the models are up, the memory service joins them.
     pub fn set_memory(&self, memory: MemoryService) {
         let _ = self.memory.set(memory);
+    }
+
+    /// Chat with memory, when a chat model and an embedding model are configured.
+    pub fn set_chat(&self, chat: Chat) {
+        let _ = self.chat.set(chat);
+    }
+
+    /// The chat service: 503 while starting, 404 when no chat model is configured.
+    pub fn ready_chat(&self) -> Result<&Chat, ApiError> {
+        self.ready_memory()?;
+        self.chat.get().ok_or_else(|| ApiError::not_found("chat needs both a chat model and an embedding model"))
     }
 
     /// The memory service, or 503 while the store or the models are still loading.
@@ -93,6 +108,8 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/completions", post(inference::completions))
         .route("/v1/memories", post(memories::add).get(memories::list).delete(memories::erase_user))
         .route("/v1/memories/search", post(memories::search))
+        .route("/v1/chat", post(chat::chat))
+        .route("/v1/sessions/{id}", get(chat::get_session).delete(chat::delete_session))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state);

@@ -3,6 +3,7 @@
 //! vector index, and splitting documents into chunks. Pure functions over plain data
 //! where possible, so they are tested without models or servers.
 
+pub mod chat;
 pub mod chunking;
 pub mod context;
 pub mod lexical;

@@ -148,14 +148,25 @@ impl MemoryService {
     /// Embeds and stores a memory. The same text for the same user and kind is stored
     /// once: the existing memory comes back.
     pub async fn add(&self, tenant: &str, m: NewMemory) -> Result<(MemoryEntry, bool), MemoryError> {
-        check_text(&m.text)?;
-        if m.user_id.is_empty() {
-            return Err(MemoryError::Invalid("user_id is required".into()));
-        }
         if let Some(kind) = m.kind.filter(|k| *k == Kind::Knowledge) {
             return Err(MemoryError::Invalid(format!(
                 "kind `{kind}` comes from documents; add them through /v1/documents"
             )));
+        }
+        self.add_with_source(tenant, m, None).await
+    }
+
+    /// [`MemoryService::add`] for the service's own writes (chat write-back, summaries),
+    /// which record where the memory came from.
+    pub async fn add_with_source(
+        &self,
+        tenant: &str,
+        m: NewMemory,
+        source: Option<crate::store::records::memory_entry::Source>,
+    ) -> Result<(MemoryEntry, bool), MemoryError> {
+        check_text(&m.text)?;
+        if m.user_id.is_empty() {
+            return Err(MemoryError::Invalid("user_id is required".into()));
         }
         let embedding = self.embed_one(&m.text).await?;
         let entry = NewEntry {
@@ -171,6 +182,7 @@ impl MemoryService {
             metadata: m.metadata,
             created_at_ms: m.created_at_ms,
             importance: m.importance,
+            source,
             ..Default::default()
         };
         let store = self.store.clone();
@@ -251,6 +263,24 @@ impl MemoryService {
         blocking(move || store.delete_entry(ulid)).await?;
         self.note_deleted(&[entry.point_id]);
         Ok(())
+    }
+
+    /// Deletes a session and the memories written from it (and their lexical entries).
+    pub async fn delete_session(&self, tenant: &str, id: &str) -> Result<bool, MemoryError> {
+        let (store, tenant, id) = (self.store.clone(), tenant.to_owned(), id.to_owned());
+        let (existed, points) = blocking(move || {
+            let mut points = Vec::new();
+            store.scan_entries(|e| {
+                let scope = e.scope.as_ref();
+                if scope.is_some_and(|s| s.tenant == tenant && s.session_id == id) {
+                    points.push(e.point_id);
+                }
+            })?;
+            Ok((store.delete_session(&tenant, &id)?, points))
+        })
+        .await?;
+        self.note_deleted(&points);
+        Ok(existed)
     }
 
     /// Erases everything of one user: memories, sessions, documents. Returns how many

@@ -387,6 +387,22 @@ impl Store {
         Ok(())
     }
 
+    /// Counts a use of each entry (retrieved into a prompt): bumps `access_count` and sets
+    /// `last_accessed_at_ms`. Touches only the records, never the indexes or the vector.
+    pub fn record_access(&self, ids: &[Ulid], at_ms: i64) -> Result<()> {
+        {
+            let _guard = self.write_lock.lock();
+            for id in ids {
+                if let Some(mut e) = self.get_entry(*id)? {
+                    e.access_count += 1;
+                    e.last_accessed_at_ms = at_ms;
+                    self.trees.entries.insert(id.to_bytes(), e.encode_to_vec())?;
+                }
+            }
+        }
+        self.flush()
+    }
+
     /// Deletes every entry, session and document of one user of a tenant.
     pub fn erase_user(&self, tenant: &str, user_id: &str) -> Result<usize> {
         validate_scope(&Scope::user(tenant, user_id))?;

@@ -1,0 +1,112 @@
+//! `/v1/chat` (a chat turn with long-term memory) and `/v1/sessions/{id}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Tenant;
+use super::error::ApiError;
+use super::memories::rfc3339;
+use super::AppState;
+use crate::memory::chat::ChatTurn;
+use crate::store::records::Session;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    user_id: String,
+    message: String,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Json(req): Json<ChatRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if req.stream {
+        return Err(ApiError::bad_request("stream: streaming chat is not available yet; send stream: false"));
+    }
+    let chat = state.ready_chat()?;
+    let outcome = chat
+        .turn(
+            &tenant,
+            ChatTurn {
+                user_id: req.user_id,
+                agent_id: req.agent_id.unwrap_or_default(),
+                session_id: req.session_id,
+                message: req.message,
+                max_tokens: req.max_tokens,
+                temperature: req.temperature,
+            },
+        )
+        .await?;
+    Ok(Json(json!({
+        "session_id": outcome.session_id,
+        "reply": outcome.reply,
+        "memories": outcome.memories,
+        "usage": {
+            "prompt_tokens": outcome.context.prompt_tokens,
+            "completion_tokens": outcome.generation.completion_tokens,
+            "sections": outcome.context.sections,
+        },
+        "timings": { "retrieve_ms": outcome.retrieve_ms, "generate_ms": outcome.generate_ms },
+    })))
+}
+
+fn session_json(s: &Session) -> Value {
+    let scope = s.scope.clone().unwrap_or_default();
+    json!({
+        "id": s.id,
+        "user_id": scope.user_id,
+        "agent_id": (!scope.agent_id.is_empty()).then_some(scope.agent_id),
+        "turns": s.turns[s.summarized_turns as usize..].iter().map(|t| json!({
+            "role": t.role, "content": t.content, "created_at": rfc3339(t.created_at_ms),
+        })).collect::<Vec<_>>(),
+        "summarized_turns": s.summarized_turns,
+        "rolling_summary": s.rolling_summary,
+        "created_at": rfc3339(s.created_at_ms),
+        "updated_at": rfc3339(s.updated_at_ms),
+    })
+}
+
+pub async fn get_session(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.ready_store()?.clone();
+    let wanted = id.clone();
+    let session = tokio::task::spawn_blocking(move || store.get_session(&tenant, &wanted))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    session.map(|s| Json(session_json(&s))).ok_or_else(|| ApiError::not_found(format!("session {id}")))
+}
+
+/// Deletes a session and the memories written from it.
+pub async fn delete_session(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let memory = state.ready_memory()?.clone();
+    let existed = memory.delete_session(&tenant, &id).await?;
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("session {id}")))
+    }
+}
