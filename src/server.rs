@@ -12,6 +12,7 @@ use crate::api::auth::ApiKeys;
 use crate::api::{self, AppState};
 use crate::config::{CudaDtype, ModelConfig, Settings};
 use crate::memory::chat::Chat;
+use crate::memory::documents::Documents;
 use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
@@ -51,6 +52,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let memory = tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights)).await??;
     if let Some(generator) = engine.generator.clone().filter(|_| engine.embedder.is_some()) {
         state.set_chat(Chat::new(memory.clone(), generator, settings.chat.clone()));
+    }
+    if let Some(embedder) = engine.embedder.clone() {
+        state.set_documents(Documents::new(memory.clone(), embedder));
     }
     state.set_memory(memory);
     state.set_engine(engine);

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod chat;
+mod documents;
 pub mod error;
 mod health;
 mod inference;
@@ -16,6 +17,7 @@ use axum::Router;
 
 use crate::config::ServerConfig;
 use crate::memory::chat::Chat;
+use crate::memory::documents::Documents;
 use crate::memory::service::MemoryService;
 use crate::model::{Engine, ResolvedDevice};
 use crate::store::Store;
@@ -29,6 +31,7 @@ pub struct AppState {
     engine: OnceLock<Engine>,
     memory: OnceLock<MemoryService>,
     chat: OnceLock<Chat>,
+    documents: OnceLock<Documents>,
     pub device: ResolvedDevice,
     /// Whether over-long embedding inputs are cut (true) or refused.
     pub embedder_truncates: bool,
@@ -42,6 +45,7 @@ impl AppState {
             engine: OnceLock::new(),
             memory: OnceLock::new(),
             chat: OnceLock::new(),
+            documents: OnceLock::new(),
             device,
             embedder_truncates,
             keys,
@@ -62,6 +66,17 @@ impl AppState {
     pub fn ready_chat(&self) -> Result<&Chat, ApiError> {
         self.ready_memory()?;
         self.chat.get().ok_or_else(|| ApiError::not_found("chat needs both a chat model and an embedding model"))
+    }
+
+    /// Document ingestion, when an embedding model is configured.
+    pub fn set_documents(&self, documents: Documents) {
+        let _ = self.documents.set(documents);
+    }
+
+    /// Document ingestion: 503 while starting, 404 without an embedding model.
+    pub fn ready_documents(&self) -> Result<&Documents, ApiError> {
+        self.ready_memory()?;
+        self.documents.get().ok_or_else(|| ApiError::not_found("documents need an embedding model"))
     }
 
     /// The memory service, or 503 while the store or the models are still loading.
@@ -109,6 +124,9 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/memories", post(memories::add).get(memories::list).delete(memories::erase_user))
         .route("/v1/memories/search", post(memories::search))
         .route("/v1/chat", post(chat::chat))
+        .route("/v1/documents", post(documents::not_yet).get(documents::not_yet))
+        .route("/v1/documents/{id}", get(documents::not_yet).delete(documents::not_yet))
+        .route("/v1/jobs/{id}", get(documents::not_yet))
         .route("/v1/sessions/{id}", get(chat::get_session).delete(chat::delete_session))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .fallback(|| async { ApiError::not_found("no such route") })

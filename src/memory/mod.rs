@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod chunking;
+pub mod documents;
 pub mod context;
 pub mod lexical;
 pub mod ranking;
