@@ -104,11 +104,43 @@ fn facts_cross_sessions_of_one_user_only_and_long_sessions_are_summarised() {
     let (_, episodes) = server.call("GET", "/v1/memories?user_id=alice&kind=episodic", ACME, None);
     assert!(episodes["data"].as_array().unwrap().iter().all(|m| m["session_id"] != first_session.as_str()));
 
+    // Streamed: deltas, then a `done` event carrying the same metadata; the exchange is
+    // written back as for a plain turn.
+    let (status, sse) = server.post_text_with_key(
+        "/v1/chat",
+        ACME,
+        &json!({ "user_id": "carol", "max_tokens": 10,
+        "temperature": 0, "stream": true, "message": "What is the capital of France?" }),
+    );
+    assert_eq!(status, 200);
+    let mut deltas = String::new();
+    let mut done = None;
+    let mut event = "";
+    for line in sse.lines() {
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name;
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            if event == "done" {
+                done = Some(v);
+            } else {
+                deltas.push_str(v["delta"].as_str().unwrap());
+            }
+            event = "";
+        }
+    }
+    let done = done.expect("a done event");
+    assert!(!deltas.is_empty());
+    assert_eq!(done["reply"].as_str().unwrap(), deltas.trim());
+    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let (_, episodes) = server.call("GET", "/v1/memories?user_id=carol&kind=episodic", ACME, None);
+    assert_eq!(episodes["data"].as_array().unwrap().len(), 1, "the streamed exchange is written back");
+
     // Bad input names the field.
     for (body, needle) in [
         (json!({ "message": "hi" }), "user_id"),
         (json!({ "user_id": "a", "message": "  " }), "message"),
-        (json!({ "user_id": "a", "message": "hi", "stream": true }), "stream"),
+        (json!({ "user_id": "a", "message": "hi", "stream": "yes" }), "stream"),
     ] {
         let (status, answer) = server.call("POST", "/v1/chat", ACME, Some(&body));
         assert!((400..500).contains(&status), "{body}: {status}");

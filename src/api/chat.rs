@@ -4,15 +4,19 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
 use super::error::ApiError;
+use super::inference::async_stream;
 use super::memories::rfc3339;
 use super::AppState;
-use crate::memory::chat::ChatTurn;
+use crate::memory::chat::{Chat, ChatOutcome, ChatTurn, PreparedTurn};
+use crate::model::generator::GenerationEvent;
 use crate::store::records::Session;
 
 #[derive(Debug, Deserialize)]
@@ -36,25 +40,35 @@ pub async fn chat(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Json(req): Json<ChatRequest>,
-) -> Result<Json<Value>, ApiError> {
-    if req.stream {
-        return Err(ApiError::bad_request("stream: streaming chat is not available yet; send stream: false"));
+) -> Result<Response, ApiError> {
+    let chat = state.ready_chat()?.clone();
+    let turn = ChatTurn {
+        user_id: req.user_id,
+        agent_id: req.agent_id.unwrap_or_default(),
+        session_id: req.session_id,
+        message: req.message,
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        prior_turns: Vec::new(),
+    };
+    if !req.stream {
+        return Ok(Json(outcome_json(&chat.turn(&tenant, turn).await?)).into_response());
     }
-    let chat = state.ready_chat()?;
-    let outcome = chat
-        .turn(
-            &tenant,
-            ChatTurn {
-                user_id: req.user_id,
-                agent_id: req.agent_id.unwrap_or_default(),
-                session_id: req.session_id,
-                message: req.message,
-                max_tokens: req.max_tokens,
-                temperature: req.temperature,
-            },
-        )
-        .await?;
-    Ok(Json(json!({
+    // Streamed: text deltas as they come, then one `done` event with the metadata.
+    let prepared = chat.prepare(&tenant, turn).await?;
+    let stream = stream_turn(
+        chat,
+        tenant,
+        prepared,
+        |text| Event::default().data(json!({ "delta": text }).to_string()),
+        |outcome| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
+    )
+    .await?;
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn outcome_json(outcome: &ChatOutcome) -> Value {
+    json!({
         "session_id": outcome.session_id,
         "reply": outcome.reply,
         "memories": outcome.memories,
@@ -64,7 +78,53 @@ pub async fn chat(
             "sections": outcome.context.sections,
         },
         "timings": { "retrieve_ms": outcome.retrieve_ms, "generate_ms": outcome.generate_ms },
-    })))
+    })
+}
+
+/// Streams a prepared turn: `piece` makes the event for each text delta, `last` the
+/// closing events once the exchange is written back. A client that disconnects drops
+/// the generation (and nothing is written back for a reply it never got).
+pub async fn stream_turn(
+    chat: Chat,
+    tenant: String,
+    prepared: PreparedTurn,
+    piece: impl Fn(&str) -> Event + Send + 'static,
+    last: impl Fn(&ChatOutcome) -> Vec<Event> + Send + 'static,
+) -> Result<impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>>, ApiError> {
+    let started = std::time::Instant::now();
+    let mut events = chat.generator().generate(prepared.request.clone()).await?;
+    Ok(async_stream(move |tx| async move {
+        let mut reply = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                GenerationEvent::Text(t) => {
+                    reply.push_str(&t);
+                    if tx.send(piece(&t)).await.is_err() {
+                        return;
+                    }
+                }
+                GenerationEvent::Done(summary) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    let closing = match chat.finish(&tenant, prepared, reply, summary, ms).await {
+                        Ok(outcome) => last(&outcome),
+                        Err(e) => vec![error_event(&e.to_string())],
+                    };
+                    for event in closing {
+                        let _ = tx.send(event).await;
+                    }
+                    return;
+                }
+                GenerationEvent::Failed(reason) => {
+                    let _ = tx.send(error_event(&reason)).await;
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+fn error_event(message: &str) -> Event {
+    Event::default().event("error").data(json!({ "error": { "code": "internal", "message": message } }).to_string())
 }
 
 fn session_json(s: &Session) -> Value {

@@ -42,6 +42,21 @@ pub struct ChatTurn {
     pub message: String,
     pub max_tokens: Option<usize>,
     pub temperature: Option<f32>,
+    /// Earlier (role, content) turns the client keeps itself (OpenAI-style requests):
+    /// they seed a new session's history. Ignored for a session that has turns.
+    pub prior_turns: Vec<(String, String)>,
+}
+
+/// A turn ready to generate: its session, the memories chosen and the prompt.
+pub struct PreparedTurn {
+    turn: ChatTurn,
+    session: Session,
+    pub session_id: String,
+    pub memories: Vec<UsedMemory>,
+    pub context: AssembledContext,
+    /// The generation to run (prompt, limits, sampling).
+    pub request: GenerateRequest,
+    pub retrieve_ms: u64,
 }
 
 /// A memory that went into the prompt.
@@ -99,8 +114,21 @@ impl Chat {
         .map_err(|e| MemoryError::Invalid(format!("session task failed: {e}")))?
     }
 
+    pub fn generator(&self) -> &Generator {
+        &self.generator
+    }
+
     /// Runs one turn to the end.
     pub async fn turn(&self, tenant: &str, turn: ChatTurn) -> Result<ChatOutcome, MemoryError> {
+        let prepared = self.prepare(tenant, turn).await?;
+        let started = Instant::now();
+        let (reply, generation) = self.generator.generate_text(prepared.request.clone()).await?;
+        let generate_ms = started.elapsed().as_millis() as u64;
+        self.finish(tenant, prepared, reply, generation, generate_ms).await
+    }
+
+    /// Retrieves, and assembles the prompt: everything before generation.
+    pub async fn prepare(&self, tenant: &str, turn: ChatTurn) -> Result<PreparedTurn, MemoryError> {
         if turn.user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));
         }
@@ -108,6 +136,19 @@ impl Chat {
             return Err(MemoryError::Invalid("message is empty".into()));
         }
         let mut session = self.load_session(tenant, &turn).await?;
+        if session.turns.is_empty() {
+            let now = now_ms();
+            session.turns = turn
+                .prior_turns
+                .iter()
+                .map(|(role, content)| Turn {
+                    role: role.clone(),
+                    content: content.clone(),
+                    created_at_ms: now,
+                    ..Default::default()
+                })
+                .collect();
+        }
         let started = Instant::now();
         let found = self
             .memory
@@ -166,17 +207,12 @@ impl Chat {
         )
         .map_err(|e| MemoryError::Invalid(e.to_string()))?;
 
-        let started = Instant::now();
         let sampling = match turn.temperature {
             Some(t) => SamplingParams { temperature: t, ..SamplingParams::default() },
             None => SamplingParams::default(),
         };
         let request = GenerateRequest { prompt: assembled.prompt.clone(), max_tokens, sampling, stop: Vec::new() };
-        let (reply, generation) = self.generator.generate_text(request).await?;
-        let reply = reply.trim().to_owned();
-        let generate_ms = started.elapsed().as_millis() as u64;
-
-        let used: Vec<UsedMemory> = found
+        let memories: Vec<UsedMemory> = found
             .iter()
             .filter(|f| f.entry.ulid().is_some_and(|u| assembled.used_memories.contains(&u.to_string())))
             .map(|f| UsedMemory {
@@ -186,12 +222,34 @@ impl Chat {
                 text: f.entry.text.clone(),
             })
             .collect();
-        self.write_back(tenant, &turn, &mut session, &reply, &used).await?;
+        Ok(PreparedTurn {
+            session_id: session.id.clone(),
+            turn,
+            session,
+            memories,
+            context: assembled,
+            request,
+            retrieve_ms,
+        })
+    }
+
+    /// Writes the generated reply back and reports the turn.
+    pub async fn finish(
+        &self,
+        tenant: &str,
+        prepared: PreparedTurn,
+        reply: String,
+        generation: GenerationSummary,
+        generate_ms: u64,
+    ) -> Result<ChatOutcome, MemoryError> {
+        let PreparedTurn { turn, mut session, memories, context, retrieve_ms, .. } = prepared;
+        let reply = reply.trim().to_owned();
+        self.write_back(tenant, &turn, &mut session, &reply, &memories).await?;
         Ok(ChatOutcome {
             session_id: session.id.clone(),
             reply,
-            memories: used,
-            context: assembled,
+            memories,
+            context,
             generation,
             retrieve_ms,
             generate_ms,

@@ -131,6 +131,22 @@ impl Server {
     }
 }
 
+impl Server {
+    /// POSTs JSON with an API key and returns the raw body text (server-sent events).
+    pub fn post_text_with_key(&self, path: &str, key: Option<&str>, body: &serde_json::Value) -> (u16, String) {
+        let mut req = ureq::post(&format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        let res = match req.send_json(body.clone()) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("POST {path}: {e}"),
+        };
+        let status = res.status();
+        (status, res.into_string().unwrap_or_default())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
