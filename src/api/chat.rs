@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 use super::auth::Tenant;
 use super::error::ApiError;
 use super::inference::async_stream;
-use super::memories::rfc3339;
+use super::memories::{parse_time, rfc3339};
 use super::AppState;
 use crate::memory::chat::{Chat, ChatOutcome, ChatTurn, PreparedTurn};
+use crate::memory::sessions::ImportedMessage;
 use crate::model::generator::GenerationEvent;
 use crate::store::records::Session;
 
@@ -169,4 +170,49 @@ pub async fn delete_session(
     } else {
         Err(ApiError::not_found(format!("session {id}")))
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    user_id: String,
+    messages: Vec<ImportMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportMessage {
+    role: String,
+    content: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    created_at: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+/// `POST /v1/sessions/{id}/messages`: imports past conversation without generating.
+pub async fn import_messages(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    Json(req): Json<ImportRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let memory = state.ready_memory()?.clone();
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let created_at_ms =
+            m.created_at.as_ref().map(|v| parse_time(&format!("messages[{i}].created_at"), v)).transpose()?;
+        messages.push(ImportedMessage {
+            role: m.role,
+            content: m.content,
+            name: m.name,
+            created_at_ms,
+            metadata: m.metadata.unwrap_or(Value::Null),
+        });
+    }
+    let ids = memory.import_messages(&tenant, &req.user_id, &id, messages).await?;
+    let ids: Vec<String> = ids.iter().map(|u| u.to_string()).collect();
+    Ok((StatusCode::CREATED, Json(json!({ "session_id": id, "imported": ids.len(), "memory_ids": ids }))))
 }

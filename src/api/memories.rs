@@ -34,7 +34,7 @@ pub fn rfc3339(ms: i64) -> Value {
 }
 
 /// A timestamp given as RFC 3339 text or as milliseconds since the epoch.
-fn parse_time(field: &str, v: &Value) -> Result<i64, ApiError> {
+pub fn parse_time(field: &str, v: &Value) -> Result<i64, ApiError> {
     match v {
         Value::Number(n) => n.as_i64().ok_or_else(|| ApiError::bad_request(format!("{field}: not an integer"))),
         Value::String(s) => s

@@ -9,6 +9,7 @@ mod health;
 mod inference;
 mod memories;
 pub mod middleware;
+mod openai;
 
 use std::sync::{Arc, OnceLock};
 
@@ -124,10 +125,12 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/memories", post(memories::add).get(memories::list).delete(memories::erase_user))
         .route("/v1/memories/search", post(memories::search))
         .route("/v1/chat", post(chat::chat))
-        .route("/v1/documents", post(documents::not_yet).get(documents::not_yet))
-        .route("/v1/documents/{id}", get(documents::not_yet).delete(documents::not_yet))
-        .route("/v1/jobs/{id}", get(documents::not_yet))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/documents", post(documents::create).get(documents::list))
+        .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
+        .route("/v1/jobs/{id}", get(documents::job))
         .route("/v1/sessions/{id}", get(chat::get_session).delete(chat::delete_session))
+        .route("/v1/sessions/{id}/messages", post(chat::import_messages))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state);

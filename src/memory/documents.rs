@@ -1,20 +1,451 @@
-//! (being written) Document ingestion: chunking, embedding and storing documents.
+//! Document ingestion for the knowledge base: text is extracted from the upload, split
+//! into chunks that follow its headings, embedded, and stored as `knowledge` memories
+//! under one [`Document`] record.
+//!
+//! Consistency: all of a document's chunks go to the store in one atomic `put_entries`
+//! call, and the document record is written only after it; if that last write fails the
+//! chunks just written are deleted again, so a failure never leaves half a document.
+//!
+//! Small documents are ingested while the request waits. Large ones (more than
+//! [`SYNC_CHUNK_LIMIT`] chunks) become an in-memory job, embedded in batches so that
+//! progress can be reported.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use ulid::Ulid;
+
+use super::chunking::{chunk_text, Chunk, ChunkParams};
+use super::service::{MemoryError, MemoryService};
 use crate::model::Embedder;
+use crate::store::records::memory_entry::Source;
+use crate::store::records::{now_ms, Document, DocumentSource, DocumentStatus, Kind, MemoryEntry, Scope};
+use crate::store::{NewEntry, StoreError};
 
-use super::service::MemoryService;
+/// Documents with more chunks than this are ingested by a background job.
+pub const SYNC_CHUNK_LIMIT: usize = 32;
+/// Chunks embedded per call in a job, so that progress moves in visible steps.
+const EMBED_BATCH: usize = 32;
+/// Chunk budget: below MiniLM's 256-token window, so that no chunk is ever truncated.
+const CHUNKING: ChunkParams = ChunkParams { max_tokens: 200, overlap_tokens: 30 };
+/// Finished jobs are forgotten after this long (they only report on past work).
+const JOB_RETENTION_MS: i64 = 60 * 60 * 1000;
+/// Longest scope component the store accepts.
+const MAX_USER_ID_BYTES: usize = 512;
 
-/// Document ingestion (being written).
+/// A document to ingest, with its text already extracted.
+#[derive(Debug, Clone, Default)]
+pub struct NewDocument {
+    pub title: String,
+    pub text: String,
+    /// The uploaded file's name; empty for JSON uploads.
+    pub source_name: String,
+    pub mime: String,
+    /// The owner; empty for the tenant's shared knowledge.
+    pub user_id: String,
+    /// A JSON object, or null.
+    pub metadata: Value,
+}
+
+/// Why an upload's text could not be extracted.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// A file type we do not read (HTTP 415).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A file of a known type that could not be read (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What an ingestion did.
+#[derive(Debug, Clone)]
+pub enum Ingested {
+    /// The same text was already ingested for this tenant and user: that document.
+    Existing(Document),
+    /// Stored now, while the caller waited.
+    Stored(Document),
+    /// Too large to wait for: a job now embeds it (or already was, for a repeated upload).
+    Started(JobView),
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobStatus {
+    /// The name used in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A snapshot of a job, as `/v1/jobs/{id}` reports it.
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub id: Ulid,
+    pub status: JobStatus,
+    /// Chunks embedded so far.
+    pub done: usize,
+    pub total: usize,
+    pub document_id: Ulid,
+    pub error: Option<String>,
+}
+
+/// A job with what is needed to scope it and to recognise a repeated upload.
+struct Job {
+    view: JobView,
+    tenant: String,
+    user_id: String,
+    content_hash: [u8; 32],
+    finished_at_ms: Option<i64>,
+}
+
+/// A document chunked and ready to embed.
+struct Prepared {
+    id: Ulid,
+    tenant: String,
+    doc: NewDocument,
+    hash: [u8; 32],
+    chunks: Vec<Chunk>,
+}
+
+/// See the module documentation.
 #[derive(Clone)]
 pub struct Documents {
-    #[allow(dead_code)]
     memory: MemoryService,
-    #[allow(dead_code)]
     embedder: Embedder,
+    jobs: Arc<Mutex<HashMap<Ulid, Job>>>,
+    /// Serialises "is this text already here?" with the write or job start that follows,
+    /// so that two identical uploads at once still make one document.
+    admit: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Runs a store call on the blocking pool (the store is synchronous).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, MemoryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MemoryError::Invalid(format!("store task failed: {e}")))?
+        .map_err(Into::into)
+}
+
+fn ulid_of(bytes: &[u8]) -> Option<Ulid> {
+    <[u8; 16]>::try_from(bytes).ok().map(Ulid::from_bytes)
+}
+
+/// The owner of a document ("" for shared knowledge).
+pub fn document_user(doc: &Document) -> &str {
+    doc.scope.as_ref().map(|s| s.user_id.as_str()).unwrap_or_default()
+}
+
+/// Reads the text of an uploaded file, chosen by its extension (or, without one, its
+/// declared content type). Returns the MIME type and the text.
+pub async fn extract_text(
+    file_name: &str,
+    content_type: Option<&str>,
+    bytes: Vec<u8>,
+) -> Result<(&'static str, String), ExtractError> {
+    let ext = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let kind = match (ext.as_deref(), content_type) {
+        (Some("txt"), _) | (None, Some("text/plain")) => "text/plain",
+        (Some("md" | "markdown"), _) | (None, Some("text/markdown")) => "text/markdown",
+        (Some("html" | "htm"), _) | (None, Some("text/html")) => "text/html",
+        (Some("pdf"), _) | (None, Some("application/pdf")) => "application/pdf",
+        (Some(other), _) => {
+            return Err(ExtractError::Unsupported(format!(
+                "file: unsupported file type `.{other}` (expected .txt, .md, .html, .htm or .pdf)"
+            )))
+        }
+        (None, ct) => {
+            return Err(ExtractError::Unsupported(format!(
+                "file: unsupported file type `{}` (expected .txt, .md, .html, .htm or .pdf)",
+                ct.unwrap_or("unknown")
+            )))
+        }
+    };
+    let not_utf8 = |_| ExtractError::Invalid(format!("file: `{file_name}` is not UTF-8 text"));
+    let text = match kind {
+        "text/html" => {
+            let html = String::from_utf8(bytes).map_err(not_utf8)?;
+            html_to_text(&html).map_err(|e| ExtractError::Invalid(format!("file: cannot read the HTML: {e}")))?
+        }
+        "application/pdf" => {
+            // Parsing is CPU-bound, and pdf-extract may panic on malformed files: the
+            // blocking pool keeps it off the async workers and turns a panic into an error.
+            tokio::task::spawn_blocking(move || pdf_extract::extract_text_from_mem(&bytes))
+                .await
+                .map_err(|_| ExtractError::Invalid(format!("file: cannot read the PDF `{file_name}`")))?
+                .map_err(|e| ExtractError::Invalid(format!("file: cannot read the PDF `{file_name}`: {e}")))?
+        }
+        _ => String::from_utf8(bytes).map_err(not_utf8)?,
+    };
+    Ok((kind, text))
+}
+
+/// HTML as plain text: no decorations (`*`, link footnotes), and lines wide enough that
+/// paragraphs are not wrapped into fragments.
+pub fn html_to_text(html: &str) -> Result<String, String> {
+    html2text::config::plain_no_decorate().string_from_read(html.as_bytes(), 10_000).map_err(|e| e.to_string())
 }
 
 impl Documents {
+    /// Ingestion over the memory service's store, with the embedding model given.
     pub fn new(memory: MemoryService, embedder: Embedder) -> Self {
-        Self { memory, embedder }
+        Self {
+            memory,
+            embedder,
+            jobs: Arc::new(Mutex::new(HashMap::new())),
+            admit: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
+
+    /// Ingests a document for `tenant`; see the module documentation.
+    pub async fn ingest(&self, tenant: &str, doc: NewDocument) -> Result<Ingested, MemoryError> {
+        if doc.text.trim().is_empty() {
+            return Err(MemoryError::Invalid("text is empty".into()));
+        }
+        if doc.user_id.len() > MAX_USER_ID_BYTES {
+            return Err(MemoryError::Invalid(format!("user_id is longer than {MAX_USER_ID_BYTES} bytes")));
+        }
+        if !matches!(doc.metadata, Value::Null | Value::Object(_)) {
+            return Err(MemoryError::Invalid("metadata must be a JSON object".into()));
+        }
+        let hash = *blake3::hash(doc.text.as_bytes()).as_bytes();
+        let _admitted = self.admit.lock().await;
+        if let Some(found) = self.find_existing(tenant, &doc.user_id, hash).await? {
+            return Ok(found);
+        }
+        // Token counting over a long text is real work: off the async workers.
+        let embedder = self.embedder.clone();
+        let (doc, chunks) = tokio::task::spawn_blocking(move || {
+            let chunks = chunk_text(&doc.text, &CHUNKING, &|s| embedder.count_tokens(s));
+            (doc, chunks)
+        })
+        .await
+        .map_err(|e| MemoryError::Invalid(format!("chunking failed: {e}")))?;
+        let prepared = Prepared { id: self.memory.store().new_id(), tenant: tenant.to_owned(), doc, hash, chunks };
+        if prepared.chunks.len() <= SYNC_CHUNK_LIMIT {
+            return Ok(Ingested::Stored(self.embed_and_store(prepared, |_| {}).await?));
+        }
+        Ok(Ingested::Started(self.start_job(prepared)))
+    }
+
+    /// The tenant+user's document with this text, or the job now ingesting it.
+    async fn find_existing(&self, tenant: &str, user: &str, hash: [u8; 32]) -> Result<Option<Ingested>, MemoryError> {
+        let running = self.jobs.lock().values().find_map(|j| {
+            let live = matches!(j.view.status, JobStatus::Pending | JobStatus::Running);
+            (live && j.tenant == tenant && j.user_id == user && j.content_hash == hash).then(|| j.view.clone())
+        });
+        if let Some(view) = running {
+            return Ok(Some(Ingested::Started(view)));
+        }
+        let (store, tenant, user) = (self.memory.store().clone(), tenant.to_owned(), user.to_owned());
+        let docs = blocking(move || store.list_documents(&tenant)).await?;
+        Ok(docs
+            .into_iter()
+            .find(|d| {
+                document_user(d) == user && d.content_hash.as_ref() == hash && d.status() == DocumentStatus::Ready
+            })
+            .map(Ingested::Existing))
+    }
+
+    fn start_job(&self, prepared: Prepared) -> JobView {
+        let view = JobView {
+            id: Ulid::new(),
+            status: JobStatus::Pending,
+            done: 0,
+            total: prepared.chunks.len(),
+            document_id: prepared.id,
+            error: None,
+        };
+        {
+            let mut jobs = self.jobs.lock();
+            let now = now_ms();
+            jobs.retain(|_, j| j.finished_at_ms.is_none_or(|t| now - t < JOB_RETENTION_MS));
+            jobs.insert(
+                view.id,
+                Job {
+                    view: view.clone(),
+                    tenant: prepared.tenant.clone(),
+                    user_id: prepared.doc.user_id.clone(),
+                    content_hash: prepared.hash,
+                    finished_at_ms: None,
+                },
+            );
+        }
+        let (this, id) = (self.clone(), view.id);
+        tokio::spawn(async move {
+            this.update_job(id, |v| v.status = JobStatus::Running);
+            let progress = |done: usize| this.update_job(id, |v| v.done = done);
+            let outcome = this.embed_and_store(prepared, progress).await;
+            let finished = now_ms();
+            let mut jobs = this.jobs.lock();
+            if let Some(job) = jobs.get_mut(&id) {
+                job.finished_at_ms = Some(finished);
+                match outcome {
+                    Ok(_) => job.view.status = JobStatus::Done,
+                    Err(e) => {
+                        tracing::warn!(job = %id, error = %e, "document job failed");
+                        job.view.status = JobStatus::Failed;
+                        job.view.error = Some(e.to_string());
+                    }
+                }
+            }
+        });
+        view
+    }
+
+    fn update_job(&self, id: Ulid, f: impl FnOnce(&mut JobView)) {
+        if let Some(job) = self.jobs.lock().get_mut(&id) {
+            f(&mut job.view);
+        }
+    }
+
+    /// A job of this tenant; another tenant's is reported as absent.
+    pub fn job(&self, tenant: &str, id: &str) -> Result<JobView, MemoryError> {
+        let missing = || MemoryError::NotFound(format!("job {id}"));
+        let ulid: Ulid = id.parse().map_err(|_| missing())?;
+        let jobs = self.jobs.lock();
+        jobs.get(&ulid).filter(|j| j.tenant == tenant).map(|j| j.view.clone()).ok_or_else(missing)
+    }
+
+    /// Embeds the chunks (in batches, reporting how many are done), then stores them and
+    /// the document record; on failure nothing of the document remains.
+    async fn embed_and_store(&self, p: Prepared, progress: impl Fn(usize)) -> Result<Document, MemoryError> {
+        let mut vectors = Vec::with_capacity(p.chunks.len());
+        for batch in p.chunks.chunks(EMBED_BATCH) {
+            let out = self.embedder.embed(batch.iter().map(|c| c.text.clone()).collect()).await?;
+            vectors.extend(out.vectors);
+            progress(vectors.len());
+        }
+        let scope = Scope::user(p.tenant.clone(), p.doc.user_id.clone());
+        let base = match &p.doc.metadata {
+            Value::Object(m) => m.clone(),
+            _ => Default::default(),
+        };
+        let entries: Vec<NewEntry> = p
+            .chunks
+            .iter()
+            .zip(vectors)
+            .map(|(c, embedding)| {
+                let mut metadata = base.clone();
+                metadata.insert("title".into(), Value::String(p.doc.title.clone()));
+                metadata.insert("heading".into(), c.heading.clone().map(Value::String).unwrap_or(Value::Null));
+                NewEntry {
+                    kind: Some(Kind::Knowledge),
+                    text: c.text.clone(),
+                    embedding,
+                    scope: scope.clone(),
+                    metadata: Value::Object(metadata),
+                    source: Some(Source::Document(DocumentSource {
+                        document_id: p.id.to_bytes().to_vec().into(),
+                        chunk_index: c.index as u32,
+                        char_start: c.char_start as u64,
+                        char_end: c.char_end as u64,
+                    })),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut record = Document {
+            id: p.id.to_bytes().to_vec().into(),
+            title: p.doc.title.clone(),
+            source_name: p.doc.source_name.clone(),
+            mime: p.doc.mime.clone(),
+            metadata_json: if base.is_empty() { String::new() } else { Value::Object(base).to_string() },
+            scope: Some(scope),
+            content_hash: p.hash.to_vec().into(),
+            chunk_ids: Vec::new(),
+            status: 0,
+            created_at_ms: now_ms(),
+            error: String::new(),
+        };
+        record.set_status(DocumentStatus::Ready);
+        let store = self.memory.store().clone();
+        let (record, written) = blocking(move || {
+            let outcomes = store.put_entries(entries)?;
+            // A chunk whose text the store already holds (in the same scope) resolves to
+            // that entry; list each id once.
+            let mut ids: Vec<Ulid> = Vec::with_capacity(outcomes.len());
+            for o in &outcomes {
+                if !ids.contains(&o.id) {
+                    ids.push(o.id);
+                }
+            }
+            record.chunk_ids = ids.iter().map(|id| id.to_bytes().to_vec().into()).collect();
+            let created: Vec<Ulid> = outcomes.iter().filter(|o| o.created).map(|o| o.id).collect();
+            if let Err(e) = store.put_document(&record) {
+                let _ = store.delete_entries(&created);
+                return Err(e);
+            }
+            let mut written: Vec<MemoryEntry> = Vec::with_capacity(created.len());
+            for id in created {
+                written.extend(store.get_entry(id)?);
+            }
+            Ok((record, written))
+        })
+        .await?;
+        self.memory.note_written(&written);
+        Ok(record)
+    }
+
+    /// A document of this tenant; another tenant's is reported as absent.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Document, MemoryError> {
+        let missing = || MemoryError::NotFound(format!("document {id}"));
+        let ulid: Ulid = id.parse().map_err(|_| missing())?;
+        let (store, tenant) = (self.memory.store().clone(), tenant.to_owned());
+        blocking(move || store.get_document(&tenant, ulid)).await?.ok_or_else(missing)
+    }
+
+    /// The tenant's documents, oldest first; only one user's (or, with "", the shared
+    /// ones) when `user_id` is given.
+    pub async fn list(&self, tenant: &str, user_id: Option<String>) -> Result<Vec<Document>, MemoryError> {
+        let (store, tenant) = (self.memory.store().clone(), tenant.to_owned());
+        let docs = blocking(move || store.list_documents(&tenant)).await?;
+        Ok(docs.into_iter().filter(|d| user_id.as_deref().is_none_or(|u| document_user(d) == u)).collect())
+    }
+
+    /// Deletes a document and its chunks, from the store, the vector index and the
+    /// lexical index.
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), MemoryError> {
+        let missing = || MemoryError::NotFound(format!("document {id}"));
+        let ulid: Ulid = id.parse().map_err(|_| missing())?;
+        let (store, tenant) = (self.memory.store().clone(), tenant.to_owned());
+        let (existed, points) = blocking(move || {
+            // The points must be read before the entries go: the lexical index is keyed by them.
+            let mut points = Vec::new();
+            if store.get_document(&tenant, ulid)?.is_some() {
+                for chunk in store.document_chunk_ids(ulid)? {
+                    points.extend(store.get_entry(chunk)?.map(|e| e.point_id));
+                }
+            }
+            Ok((store.delete_document(&tenant, ulid)?, points))
+        })
+        .await?;
+        self.memory.note_deleted(&points);
+        if existed {
+            Ok(())
+        } else {
+            Err(missing())
+        }
+    }
+}
+
+/// The id of a document record as a ULID.
+pub fn document_id(doc: &Document) -> Option<Ulid> {
+    ulid_of(doc.id.as_ref())
 }

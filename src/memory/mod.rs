@@ -5,8 +5,9 @@
 
 pub mod chat;
 pub mod chunking;
-pub mod documents;
 pub mod context;
+pub mod documents;
 pub mod lexical;
 pub mod ranking;
 pub mod service;
+pub mod sessions;

@@ -139,6 +139,12 @@ impl MemoryService {
         &self.store
     }
 
+    /// Embeds many texts in one request (the embedder batches them).
+    pub async fn embed_many(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, MemoryError> {
+        let embedder = self.embedder.as_ref().ok_or(MemoryError::NoEmbedder)?;
+        Ok(embedder.embed(texts).await?.vectors)
+    }
+
     async fn embed_one(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
         let embedder = self.embedder.as_ref().ok_or(MemoryError::NoEmbedder)?;
         let mut out = embedder.embed(vec![text.to_owned()]).await?;
