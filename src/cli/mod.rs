@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_models;
+mod eval;
 mod store_admin;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Measure quality against a running server.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 impl Cli {
@@ -65,5 +69,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .block_on(crate::server::serve(settings)),
         Command::Store(cmd) => store_admin::run(cmd, &settings),
         Command::Bench(cmd) => bench::run(cmd, &settings),
+        Command::Eval(cmd) => eval::run(cmd),
     }
 }

@@ -16,11 +16,31 @@ pub struct RankingWeights {
     pub recency: f32,
     pub recency_half_life_days: f32,
     pub importance: f32,
+    /// How the two rankings are combined.
+    pub fusion: Fusion,
+}
+
+/// Reciprocal-rank fusion looks only at ranks; score fusion adds the normalised scores
+/// (cosine similarity as it is, BM25 divided by the best BM25 of the query), so a
+/// clear winner in one list is not flattened to "first".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    Rrf,
+    Scores,
 }
 
 impl Default for RankingWeights {
     fn default() -> Self {
-        Self { dense: 1.0, lexical: 1.0, rrf_k: 60.0, recency: 0.1, recency_half_life_days: 30.0, importance: 0.1 }
+        Self {
+            dense: 1.0,
+            lexical: 1.0,
+            rrf_k: 60.0,
+            recency: 0.1,
+            recency_half_life_days: 30.0,
+            importance: 0.1,
+            fusion: Fusion::Scores,
+        }
     }
 }
 
@@ -51,27 +71,49 @@ pub fn recency(created_at_ms: i64, now_ms: i64, half_life_days: f32) -> f32 {
     0.5f32.powf(age_days / half_life_days)
 }
 
-/// Fused scores in 0..1, best first. `dense` and `lexical` are point ids best first;
-/// `facts` gives each candidate's age and importance. The rank part is scaled so a
-/// point first in every list scores 1 before the other terms; the terms are then mixed
-/// as `(1 − r − i)·rank + r·recency + i·importance`.
+/// Fused scores in 0..1, best first. `dense` (cosine similarities) and `lexical` (BM25
+/// scores) are (point, score) lists best first; `facts` gives each candidate's age and
+/// importance. The relevance part is in 0..1 (1: first in every list, or a perfect
+/// score in both); the terms are then mixed as
+/// `(1 − r − i)·relevance + r·recency + i·importance`.
 pub fn fuse(
-    dense: &[u64],
-    lexical: &[u64],
+    dense: &[(u64, f32)],
+    lexical: &[(u64, f32)],
     facts: &dyn Fn(u64) -> Option<Candidate>,
     w: &RankingWeights,
     now_ms: i64,
 ) -> Vec<(u64, f32)> {
-    let lists = [(dense, w.dense), (lexical, w.lexical)];
-    let best_possible: f32 = lists.iter().filter(|(l, _)| !l.is_empty()).map(|(_, wt)| wt / (w.rrf_k + 1.0)).sum();
-    let fused = reciprocal_rank_fusion(&lists, w.rrf_k);
-    let rank_share = (1.0 - w.recency - w.importance).max(0.0);
-    let mut out: Vec<(u64, f32)> = fused
+    let relevance: Vec<(u64, f32)> = match w.fusion {
+        Fusion::Rrf => {
+            let (d, l): (Vec<u64>, Vec<u64>) =
+                (dense.iter().map(|h| h.0).collect(), lexical.iter().map(|h| h.0).collect());
+            let lists = [(&d[..], w.dense), (&l[..], w.lexical)];
+            let best: f32 = lists.iter().filter(|(l, _)| !l.is_empty()).map(|(_, wt)| wt / (w.rrf_k + 1.0)).sum();
+            reciprocal_rank_fusion(&lists, w.rrf_k)
+                .into_iter()
+                .map(|(p, rrf)| (p, if best > 0.0 { rrf / best } else { 0.0 }))
+                .collect()
+        }
+        Fusion::Scores => {
+            let top_bm25 = lexical.iter().map(|h| h.1).fold(0.0f32, f32::max);
+            let used =
+                (if dense.is_empty() { 0.0 } else { w.dense }) + (if lexical.is_empty() { 0.0 } else { w.lexical });
+            let mut sum: std::collections::HashMap<u64, f32> = std::collections::HashMap::new();
+            for (p, cos) in dense {
+                *sum.entry(*p).or_default() += w.dense * cos.max(0.0);
+            }
+            for (p, bm25) in lexical {
+                *sum.entry(*p).or_default() += w.lexical * if top_bm25 > 0.0 { bm25 / top_bm25 } else { 0.0 };
+            }
+            sum.into_iter().map(|(p, s)| (p, if used > 0.0 { s / used } else { 0.0 })).collect()
+        }
+    };
+    let relevance_share = (1.0 - w.recency - w.importance).max(0.0);
+    let mut out: Vec<(u64, f32)> = relevance
         .into_iter()
-        .filter_map(|(point, rrf)| {
+        .filter_map(|(point, rel)| {
             let c = facts(point)?;
-            let rank = if best_possible > 0.0 { rrf / best_possible } else { 0.0 };
-            let score = rank_share * rank
+            let score = relevance_share * rel
                 + w.recency * recency(c.created_at_ms, now_ms, w.recency_half_life_days)
                 + w.importance * c.importance.clamp(0.0, 1.0);
             Some((point, score))
@@ -98,32 +140,45 @@ mod tests {
     #[test]
     fn agreement_between_lists_wins_and_scores_stay_in_range() {
         let facts = |p: u64| Some(Candidate { point: p, created_at_ms: 0, importance: 0.5 });
-        let w = RankingWeights { recency: 0.0, importance: 0.0, ..Default::default() };
+        let w = RankingWeights { recency: 0.0, importance: 0.0, fusion: Fusion::Rrf, ..Default::default() };
         // 2 is second in both lists; 1 and 3 are first in one and absent from the other.
-        let fused = fuse(&[1, 2], &[3, 2], &facts, &w, 0);
+        let fused = fuse(&[(1, 0.9), (2, 0.8)], &[(3, 5.0), (2, 4.0)], &facts, &w, 0);
         assert_eq!(fused[0].0, 2);
         // 2: (1/62 + 1/62) / (2/61) = 61/62.
         assert!((fused[0].1 - 61.0 / 62.0).abs() < 1e-6, "{fused:?}");
         // First in both: exactly 1.
-        let fused = fuse(&[7], &[7], &facts, &w, 0);
+        let fused = fuse(&[(7, 0.9)], &[(7, 3.0)], &facts, &w, 0);
         assert!((fused[0].1 - 1.0).abs() < 1e-6);
         // One list only (dense mode): its first scores 1.
-        let fused = fuse(&[7, 8], &[], &facts, &w, 0);
+        let fused = fuse(&[(7, 0.9), (8, 0.5)], &[], &facts, &w, 0);
         assert!((fused[0].1 - 1.0).abs() < 1e-6);
     }
 
     #[test]
+    fn score_fusion_adds_normalised_scores() {
+        let facts = |p: u64| Some(Candidate { point: p, created_at_ms: 0, importance: 0.5 });
+        let w = RankingWeights { recency: 0.0, importance: 0.0, fusion: Fusion::Scores, ..Default::default() };
+        // 1: (0.9 + 0)/2 = 0.45; 2: (0.8 + 4/5)/2 = 0.8; 3: (0 + 5/5)/2 = 0.5.
+        let fused = fuse(&[(1, 0.9), (2, 0.8)], &[(3, 5.0), (2, 4.0)], &facts, &w, 0);
+        let got: Vec<(u64, f32)> = fused.iter().map(|(p, s)| (*p, (s * 1000.0).round() / 1000.0)).collect();
+        assert_eq!(got, vec![(2, 0.8), (3, 0.5), (1, 0.45)]);
+        // Dense only: the cosine itself.
+        let fused = fuse(&[(1, 0.9)], &[], &facts, &w, 0);
+        assert!((fused[0].1 - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
     fn recency_and_importance_break_rank_ties() {
-        let w = RankingWeights::default();
+        let w = RankingWeights { fusion: Fusion::Rrf, ..Default::default() };
         let facts =
             |p: u64| Some(Candidate { point: p, created_at_ms: if p == 1 { 0 } else { 300 * DAY }, importance: 0.5 });
         // Equal ranks (1 first in dense, 2 first in lexical); 2 is recent, 1 is old.
-        let fused = fuse(&[1], &[2], &facts, &w, 300 * DAY);
+        let fused = fuse(&[(1, 0.9)], &[(2, 3.0)], &facts, &w, 300 * DAY);
         assert_eq!(fused[0].0, 2);
         let facts = |p: u64| Some(Candidate { point: p, created_at_ms: 0, importance: if p == 1 { 1.0 } else { 0.0 } });
-        let fused = fuse(&[1], &[2], &facts, &w, 0);
+        let fused = fuse(&[(1, 0.9)], &[(2, 3.0)], &facts, &w, 0);
         assert_eq!(fused[0].0, 1);
         // Points whose facts are gone (deleted meanwhile) are dropped.
-        assert!(fuse(&[1], &[], &|_| None, &w, 0).is_empty());
+        assert!(fuse(&[(1, 0.9)], &[], &|_| None, &w, 0).is_empty());
     }
 }

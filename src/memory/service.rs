@@ -352,9 +352,8 @@ impl MemoryService {
             Mode::Dense => dense.iter().map(|h| (h.point, h.similarity)).collect(),
             Mode::Lexical => lexical,
             Mode::Hybrid => {
-                let dense_points: Vec<u64> = dense.iter().map(|h| h.point).collect();
-                let lexical_points: Vec<u64> = lexical.iter().map(|(p, _)| *p).collect();
-                let candidates: Vec<u64> = dense_points.iter().chain(&lexical_points).copied().collect();
+                let dense_scored: Vec<(u64, f32)> = dense.iter().map(|h| (h.point, h.similarity)).collect();
+                let candidates: Vec<u64> = dense_scored.iter().chain(&lexical).map(|(p, _)| *p).collect();
                 // Age and importance come from the entries themselves.
                 let store2 = store.clone();
                 let facts: std::collections::HashMap<u64, Candidate> = blocking(move || {
@@ -375,7 +374,7 @@ impl MemoryService {
                         .collect())
                 })
                 .await?;
-                fuse(&dense_points, &lexical_points, &|p| facts.get(&p).copied(), &weights, now_ms())
+                fuse(&dense_scored, &lexical, &|p| facts.get(&p).copied(), &weights, now_ms())
             }
         };
         let hits = blocking(move || store.resolve_hits(ranked.into_iter())).await?;

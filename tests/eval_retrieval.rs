@@ -1,0 +1,71 @@
+//! `engram eval retrieval` end to end: the real server with the real embedding model, the
+//! synthetic LoCoMo-format dataset in tests/data, and the binary's table and JSON line.
+
+mod common;
+
+use std::process::Command;
+
+use common::server::Server;
+use serde_json::Value;
+
+const DATASET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/locomo_synthetic.json");
+
+fn eval(base: &str, file: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["eval", "retrieval", file, "--url", base, "--json"])
+        .output()
+        .expect("engram runs")
+}
+
+#[test]
+fn retrieval_eval_reports_recall_for_each_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("ENGRAM_MODEL__GENERATOR", "")]);
+    server.wait_ready();
+
+    let out = eval(&server.base, DATASET);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(report["conversations"], 2);
+    assert_eq!(report["sessions"], 8);
+    assert_eq!(report["questions"], 36);
+    for method in ["dense", "lexical", "fused"] {
+        let row = &report["methods"][method];
+        let recalls: Vec<f64> =
+            [1, 5, 10, 25].iter().map(|k| row[format!("recall@{k}")].as_f64().expect("a number")).collect();
+        assert!(recalls.iter().all(|r| (0.0..=1.0).contains(r)), "{method}: {recalls:?}");
+        assert!(recalls.windows(2).all(|w| w[0] <= w[1]), "{method} falls with k: {recalls:?}");
+    }
+    let fused10 = report["methods"]["fused"]["recall@10"].as_f64().unwrap();
+    assert!(fused10 >= 0.6, "fused recall@10 {fused10}");
+
+    // A rerun starts clean: the same figures, not duplicates crowding the top k.
+    let again = eval(&server.base, DATASET);
+    assert!(again.status.success());
+    let again = String::from_utf8_lossy(&again.stdout);
+    let again: Value = serde_json::from_str(again.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    for method in ["dense", "lexical", "fused"] {
+        let (a, b) = (&again["methods"][method], &report["methods"][method]);
+        let close = |k: &str| (a[k].as_f64().unwrap() - b[k].as_f64().unwrap()).abs() <= 0.05;
+        assert!(["recall@1", "recall@5", "recall@10"].into_iter().all(close), "{method}: {a} then {b}");
+    }
+
+    // Failures are messages and a non-zero exit, never a panic.
+    let missing = eval(&server.base, "tests/data/no_such_file.json");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains("cannot read") && !err.contains("panicked"), "{err}");
+    // The server's own error message comes through (an empty turn is refused with 422 or 400).
+    let bad = dir.path().join("bad.json");
+    let sample = r#"[{"sample_id": "x", "conversation": {"session_1": [{"speaker": "A", "dia_id": "D1:1", "text": " "}]}, "qa": []}]"#;
+    std::fs::write(&bad, sample).unwrap();
+    let refused = eval(&server.base, bad.to_str().unwrap());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("content is empty") && err.contains("HTTP 4"), "{err}");
+    drop(server);
+    let down = eval("http://127.0.0.1:9", DATASET);
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(!down.status.success() && err.contains("cannot reach") && !err.contains("panicked"), "{err}");
+}
