@@ -1,8 +1,12 @@
-//! The command line: `engram serve`, the store's admin commands, and benchmarks.
+//! The command line: `engram serve`, the store's admin commands, benchmarks and
+//! evaluations, and the commands that talk to a running server (`ingest`, `query`,
+//! `chat`).
 
 mod bench;
 mod bench_models;
+mod client;
 mod eval;
+mod remote;
 mod store_admin;
 
 use std::path::PathBuf;
@@ -44,6 +48,32 @@ pub enum Command {
     /// Measure quality against a running server.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Upload documents (files, or folders of .txt, .md, .html, .pdf) to a running server.
+    Ingest {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Search a user's memories on a running server.
+    Query {
+        text: String,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// hybrid, dense or lexical.
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Chat with memory in the terminal, against a running server.
+    Chat {
+        /// Continue this session instead of starting one.
+        #[arg(long)]
+        session: Option<String>,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
 }
 
 impl Cli {
@@ -70,5 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(cmd) => store_admin::run(cmd, &settings),
         Command::Bench(cmd) => bench::run(cmd, &settings),
         Command::Eval(cmd) => eval::run(cmd),
+        Command::Ingest { paths, remote } => remote::ingest(&remote, &paths),
+        Command::Query { text, k, mode, remote } => remote::query(&remote, &text, k, &mode),
+        Command::Chat { session, remote } => remote::chat(&remote, session),
     }
 }
