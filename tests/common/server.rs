@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Child,
     pub base: String,
-    log: mpsc::Receiver<String>,
+    /// Behind a mutex so that tests can share the server between threads.
+    log: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -38,7 +39,7 @@ impl Server {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 if v["message"] == "listening" {
                     let addr = v["address"].as_str().unwrap().to_owned();
-                    return Server { child, base: format!("http://{addr}"), log: rx };
+                    return Server { child, base: format!("http://{addr}"), log: std::sync::Mutex::new(rx) };
                 }
             }
         }
@@ -74,7 +75,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.success(), self.log.try_iter().collect());
+                return (status.success(), self.log.lock().unwrap().try_iter().collect());
             }
             assert!(Instant::now() < deadline, "no exit within 30s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
