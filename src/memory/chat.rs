@@ -13,7 +13,7 @@ use ulid::Ulid;
 
 use super::context::{self, AssembledContext, ContextRequest};
 use super::ranking::Mode;
-use super::service::{MemoryError, MemoryService, NewMemory, SearchQuery};
+use super::service::{blocking, MemoryError, MemoryService, NewMemory, SearchQuery};
 use crate::model::chat_template::ChatMessage;
 use crate::model::generator::{GenerateRequest, GenerationSummary};
 use crate::model::sampling::SamplingParams;
@@ -289,13 +289,11 @@ impl Chat {
         let store = self.memory.store().clone();
         let saved = session.clone();
         let ids: Vec<Ulid> = used.iter().filter_map(|m| m.id.parse().ok()).collect();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        blocking(move || -> Result<(), StoreError> {
             store.put_session(&saved)?;
             store.record_access(&ids, now)
         })
         .await
-        .map_err(|e| MemoryError::Invalid(format!("write-back task failed: {e}")))??;
-        Ok(())
     }
 
     /// Folds the oldest half of the recent turns into the rolling summary.

@@ -18,11 +18,11 @@ use serde_json::Value;
 use ulid::Ulid;
 
 use super::chunking::{chunk_text, Chunk, ChunkParams};
-use super::service::{MemoryError, MemoryService};
+use super::service::{blocking, MemoryError, MemoryService};
 use crate::model::Embedder;
 use crate::store::records::memory_entry::Source;
 use crate::store::records::{now_ms, Document, DocumentSource, DocumentStatus, Kind, MemoryEntry, Scope};
-use crate::store::{NewEntry, StoreError};
+use crate::store::NewEntry;
 
 /// Documents with more chunks than this are ingested by a background job.
 pub const SYNC_CHUNK_LIMIT: usize = 32;
@@ -131,16 +131,6 @@ pub struct Documents {
     /// Serialises "is this text already here?" with the write or job start that follows,
     /// so that two identical uploads at once still make one document.
     admit: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// Runs a store call on the blocking pool (the store is synchronous).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, MemoryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| MemoryError::Invalid(format!("store task failed: {e}")))?
-        .map_err(Into::into)
 }
 
 fn ulid_of(bytes: &[u8]) -> Option<Ulid> {

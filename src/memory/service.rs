@@ -89,8 +89,9 @@ pub struct MemoryService {
 /// Longest memory text accepted, in bytes.
 pub const MAX_MEMORY_BYTES: usize = 64 * 1024;
 
-/// Runs a store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
+/// Runs a store call on the blocking pool (the store is synchronous; tokio's workers
+/// must not wait on disk).
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, MemoryError> {
     tokio::task::spawn_blocking(f)

@@ -4,7 +4,7 @@
 
 use ulid::Ulid;
 
-use super::service::{MemoryError, MemoryService};
+use super::service::{blocking, MemoryError, MemoryService};
 use crate::store::records::{memory_entry::Source, now_ms, Kind, MemoryEntry, Scope, Session, SessionSource, Turn};
 use crate::store::{NewEntry, StoreError};
 
@@ -51,7 +51,7 @@ impl MemoryService {
         }
         let store = self.store().clone();
         let (t, u, s) = (tenant.to_owned(), user_id.to_owned(), session_id.to_owned());
-        let mut session = tokio::task::spawn_blocking(move || -> Result<Session, StoreError> {
+        let mut session = blocking(move || -> Result<Session, StoreError> {
             Ok(store.get_session(&t, &s)?.unwrap_or_else(|| {
                 let now = now_ms();
                 Session {
@@ -63,8 +63,7 @@ impl MemoryService {
                 }
             }))
         })
-        .await
-        .map_err(|e| MemoryError::Invalid(format!("session task failed: {e}")))??;
+        .await?;
         if session.scope.as_ref().is_some_and(|sc| sc.user_id != user_id) {
             return Err(MemoryError::NotFound(format!("session {session_id} of user {user_id}")));
         }
@@ -108,15 +107,13 @@ impl MemoryService {
         }));
         session.updated_at_ms = now;
         let store = self.store().clone();
-        let (ids, written) =
-            tokio::task::spawn_blocking(move || -> Result<(Vec<Ulid>, Vec<MemoryEntry>), StoreError> {
-                let ids: Vec<Ulid> = store.put_entries(entries)?.into_iter().map(|o| o.id).collect();
-                store.put_session(&session)?;
-                let written = ids.iter().filter_map(|id| store.get_entry(*id).ok().flatten()).collect();
-                Ok((ids, written))
-            })
-            .await
-            .map_err(|e| MemoryError::Invalid(format!("import task failed: {e}")))??;
+        let (ids, written) = blocking(move || -> Result<(Vec<Ulid>, Vec<MemoryEntry>), StoreError> {
+            let ids: Vec<Ulid> = store.put_entries(entries)?.into_iter().map(|o| o.id).collect();
+            store.put_session(&session)?;
+            let written = ids.iter().filter_map(|id| store.get_entry(*id).ok().flatten()).collect();
+            Ok((ids, written))
+        })
+        .await?;
         self.note_written(&written);
         Ok(ids)
     }
