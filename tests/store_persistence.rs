@@ -316,3 +316,47 @@ fn the_first_batch_fixes_one_width_and_edits_keep_indexes_right() {
     assert_eq!(store.put_entry(common::fact("acme", "a", "green tea", &v[1])).unwrap().id, b);
     assert!(store.verify().unwrap().is_ok(), "{:?}", store.verify().unwrap().problems);
 }
+
+#[test]
+fn a_chunk_two_documents_share_outlives_the_first_deletion() {
+    use engram::store::records::{memory_entry::Source, Document, DocumentSource};
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(dir.path());
+    let v = common::unit_vectors(2, DIM, 21);
+    let ingest = |text_and_vectors: &[(&str, &Vec<f32>)]| {
+        let doc = Ulid::new();
+        let chunks = text_and_vectors
+            .iter()
+            .enumerate()
+            .map(|(i, (text, e))| engram::store::NewEntry {
+                kind: Some(Kind::Knowledge),
+                source: Some(Source::Document(DocumentSource {
+                    document_id: doc.to_bytes().to_vec().into(),
+                    chunk_index: i as u32,
+                    char_start: 0,
+                    char_end: 1,
+                })),
+                ..common::fact("acme", "", text, e)
+            })
+            .collect();
+        let ids: Vec<Ulid> = store.put_entries(chunks).unwrap().into_iter().map(|o| o.id).collect();
+        let record = Document {
+            id: doc.to_bytes().to_vec().into(),
+            scope: Some(Scope::user("acme", "")),
+            chunk_ids: ids.iter().map(|i| i.to_bytes().to_vec().into()).collect(),
+            ..Default::default()
+        };
+        store.put_document(&record).unwrap();
+        (doc, ids)
+    };
+    let (first, first_ids) = ingest(&[("shared boilerplate", &v[0]), ("only in the first", &v[1])]);
+    let (second, second_ids) = ingest(&[("shared boilerplate", &v[0])]);
+    assert_eq!(first_ids[0], second_ids[0], "identical text is stored once");
+    assert!(store.delete_document("acme", first).unwrap());
+    assert!(store.get_entry(first_ids[0]).unwrap().is_some(), "the second document still needs it");
+    assert!(store.get_entry(first_ids[1]).unwrap().is_none());
+    assert!(store.delete_document("acme", second).unwrap());
+    assert!(store.get_entry(first_ids[0]).unwrap().is_none(), "gone with its last document");
+    assert_eq!(store.index().len(), 0);
+    assert!(store.verify().unwrap().is_ok());
+}

@@ -418,10 +418,8 @@ impl Documents {
         let (existed, points) = blocking(move || {
             // The points must be read before the entries go: the lexical index is keyed by them.
             let mut points = Vec::new();
-            if store.get_document(&tenant, ulid)?.is_some() {
-                for chunk in store.document_chunk_ids(ulid)? {
-                    points.extend(store.get_entry(chunk)?.map(|e| e.point_id));
-                }
+            for chunk in store.document_exclusive_chunks(&tenant, ulid)? {
+                points.extend(store.get_entry(chunk)?.map(|e| e.point_id));
             }
             Ok((store.delete_document(&tenant, ulid)?, points))
         })

@@ -56,12 +56,31 @@ impl Store {
             .collect())
     }
 
-    /// Deletes a document and all its chunks. Returns whether it existed.
+    /// The chunks that deleting document `id` removes: those it wrote and those its
+    /// record lists, except any that another document of the tenant lists too (identical
+    /// text in one scope is stored once, so two documents can share a chunk).
+    pub fn document_exclusive_chunks(&self, tenant: &str, id: Ulid) -> Result<Vec<Ulid>> {
+        let Some(doc) = self.get_document(tenant, id)? else { return Ok(Vec::new()) };
+        let as_ulid = |b: &[u8]| <[u8; 16]>::try_from(b).ok().map(Ulid::from_bytes);
+        let mut chunks: std::collections::BTreeSet<Ulid> = self.document_chunk_ids(id)?.into_iter().collect();
+        chunks.extend(doc.chunk_ids.iter().filter_map(|c| as_ulid(c)));
+        for other in self.list_documents(tenant)? {
+            if other.id != doc.id {
+                for c in other.chunk_ids.iter().filter_map(|c| as_ulid(c)) {
+                    chunks.remove(&c);
+                }
+            }
+        }
+        Ok(chunks.into_iter().collect())
+    }
+
+    /// Deletes a document and its chunks (but not chunks another document shares).
+    /// Returns whether it existed.
     pub fn delete_document(&self, tenant: &str, id: Ulid) -> Result<bool> {
         if self.get_document(tenant, id)?.is_none() {
             return Ok(false);
         }
-        self.delete_entries(&self.document_chunk_ids(id)?)?;
+        self.delete_entries(&self.document_exclusive_chunks(tenant, id)?)?;
         self.trees.documents.remove(id.to_bytes())?;
         self.flush()?;
         Ok(true)
