@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::memory::ranking::Mode;
 use crate::memory::service::{MemoryError, MemoryPatch, NewMemory, SearchQuery};
-use crate::store::records::{memory_entry::Source, Kind, MemoryEntry};
+use crate::store::records::{memory_entry::Source, ulid_from_bytes, Kind, MemoryEntry};
 
 impl From<MemoryError> for ApiError {
     fn from(e: MemoryError) -> Self {
@@ -56,7 +56,7 @@ fn metadata_of(e: &MemoryEntry) -> Value {
 fn source_of(e: &MemoryEntry) -> Value {
     match &e.source {
         Some(Source::Document(d)) => json!({
-            "document_id": <[u8; 16]>::try_from(d.document_id.as_ref()).map(|b| ulid::Ulid::from_bytes(b).to_string()).ok(),
+            "document_id": ulid_from_bytes(&d.document_id).map(|u| u.to_string()),
             "chunk_index": d.chunk_index, "char_start": d.char_start, "char_end": d.char_end,
         }),
         Some(Source::Session(s)) => json!({ "session_id": s.session_id, "turn_index": s.turn_index }),

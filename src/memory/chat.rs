@@ -18,7 +18,9 @@ use crate::model::chat_template::ChatMessage;
 use crate::model::generator::{GenerateRequest, GenerationSummary};
 use crate::model::sampling::SamplingParams;
 use crate::model::Generator;
-use crate::store::records::{memory_entry::Source, now_ms, Kind, MemoryEntry, Scope, Session, SessionSource, Turn};
+use crate::store::records::{
+    memory_entry::Source, now_ms, ulid_from_bytes, Kind, MemoryEntry, Session, SessionSource, Turn,
+};
 use crate::store::StoreError;
 
 /// `[chat]` in the config.
@@ -93,27 +95,6 @@ impl Chat {
         Self { memory, generator, config }
     }
 
-    async fn load_session(&self, tenant: &str, turn: &ChatTurn) -> Result<Session, MemoryError> {
-        let store = self.memory.store().clone();
-        let (tenant, user) = (tenant.to_owned(), turn.user_id.clone());
-        let wanted = turn.session_id.clone();
-        let agent = turn.agent_id.clone();
-        tokio::task::spawn_blocking(move || -> Result<Session, MemoryError> {
-            if let Some(id) = wanted {
-                if let Some(s) = store.get_session(&tenant, &id)? {
-                    if s.scope.as_ref().is_some_and(|sc| sc.user_id == user) {
-                        return Ok(s);
-                    }
-                    return Err(MemoryError::NotFound(format!("session {id} of user {user}")));
-                }
-                return Ok(new_session(id, &tenant, &user, &agent));
-            }
-            Ok(new_session(Ulid::new().to_string(), &tenant, &user, &agent))
-        })
-        .await
-        .map_err(|e| MemoryError::Invalid(format!("session task failed: {e}")))?
-    }
-
     pub fn generator(&self) -> &Generator {
         &self.generator
     }
@@ -135,7 +116,8 @@ impl Chat {
         if turn.message.trim().is_empty() {
             return Err(MemoryError::Invalid("message is empty".into()));
         }
-        let mut session = self.load_session(tenant, &turn).await?;
+        let mut session =
+            self.memory.open_session(tenant, &turn.user_id, &turn.agent_id, turn.session_id.clone()).await?;
         if session.turns.is_empty() {
             let now = now_ms();
             session.turns = turn
@@ -356,29 +338,11 @@ impl Chat {
     }
 }
 
-fn new_session(id: String, tenant: &str, user: &str, agent: &str) -> Session {
-    let now = now_ms();
-    Session {
-        id,
-        scope: Some(Scope {
-            tenant: tenant.to_owned(),
-            user_id: user.to_owned(),
-            agent_id: agent.to_owned(),
-            session_id: String::new(),
-        }),
-        created_at_ms: now,
-        updated_at_ms: now,
-        ..Default::default()
-    }
-}
-
 /// "session <id>" or "document <id>", for the memory's label in the prompt.
 fn source_label(e: &MemoryEntry) -> Option<String> {
     match &e.source {
         Some(Source::Session(s)) => Some(format!("session {}", s.session_id)),
-        Some(Source::Document(d)) => {
-            <[u8; 16]>::try_from(d.document_id.as_ref()).ok().map(|b| format!("document {}", Ulid::from_bytes(b)))
-        }
+        Some(Source::Document(d)) => ulid_from_bytes(&d.document_id).map(|u| format!("document {u}")),
         None => None,
     }
 }

@@ -21,7 +21,9 @@ use super::chunking::{chunk_text, Chunk, ChunkParams};
 use super::service::{blocking, MemoryError, MemoryService};
 use crate::model::Embedder;
 use crate::store::records::memory_entry::Source;
-use crate::store::records::{now_ms, Document, DocumentSource, DocumentStatus, Kind, MemoryEntry, Scope};
+use crate::store::records::{
+    now_ms, ulid_from_bytes, Document, DocumentSource, DocumentStatus, Kind, MemoryEntry, Scope,
+};
 use crate::store::NewEntry;
 
 /// Documents with more chunks than this are ingested by a background job.
@@ -131,10 +133,6 @@ pub struct Documents {
     /// Serialises "is this text already here?" with the write or job start that follows,
     /// so that two identical uploads at once still make one document.
     admit: Arc<tokio::sync::Mutex<()>>,
-}
-
-fn ulid_of(bytes: &[u8]) -> Option<Ulid> {
-    <[u8; 16]>::try_from(bytes).ok().map(Ulid::from_bytes)
 }
 
 /// The owner of a document ("" for shared knowledge).
@@ -435,5 +433,5 @@ impl Documents {
 
 /// The id of a document record as a ULID.
 pub fn document_id(doc: &Document) -> Option<Ulid> {
-    ulid_of(doc.id.as_ref())
+    ulid_from_bytes(doc.id.as_ref())
 }

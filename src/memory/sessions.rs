@@ -22,6 +22,39 @@ pub struct ImportedMessage {
 pub const MAX_IMPORT: usize = 1000;
 
 impl MemoryService {
+    /// Session `id` of this user, or a new one when there is none by that id (a fresh
+    /// id when `id` is `None`). A session of another user is reported as absent.
+    pub async fn open_session(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        agent_id: &str,
+        id: Option<String>,
+    ) -> Result<Session, MemoryError> {
+        let id = id.unwrap_or_else(|| Ulid::new().to_string());
+        let (store, t, s) = (self.store().clone(), tenant.to_owned(), id.clone());
+        let found = blocking(move || store.get_session(&t, &s)).await?;
+        match found {
+            Some(session) if session.scope.as_ref().is_some_and(|sc| sc.user_id == user_id) => Ok(session),
+            Some(_) => Err(MemoryError::NotFound(format!("session {id} of user {user_id}"))),
+            None => {
+                let now = now_ms();
+                Ok(Session {
+                    id,
+                    scope: Some(Scope {
+                        tenant: tenant.to_owned(),
+                        user_id: user_id.to_owned(),
+                        agent_id: agent_id.to_owned(),
+                        session_id: String::new(),
+                    }),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
     /// Appends `messages` to session `session_id` of `user_id` (creating it), storing each
     /// as an episodic memory. All memories are written in one atomic commit; returns their
     /// ids in message order.
@@ -49,24 +82,7 @@ impl MemoryService {
                 return Err(MemoryError::Invalid(format!("messages[{i}].metadata must be a JSON object")));
             }
         }
-        let store = self.store().clone();
-        let (t, u, s) = (tenant.to_owned(), user_id.to_owned(), session_id.to_owned());
-        let mut session = blocking(move || -> Result<Session, StoreError> {
-            Ok(store.get_session(&t, &s)?.unwrap_or_else(|| {
-                let now = now_ms();
-                Session {
-                    id: s.clone(),
-                    scope: Some(Scope::user(t.clone(), u.clone())),
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    ..Default::default()
-                }
-            }))
-        })
-        .await?;
-        if session.scope.as_ref().is_some_and(|sc| sc.user_id != user_id) {
-            return Err(MemoryError::NotFound(format!("session {session_id} of user {user_id}")));
-        }
+        let mut session = self.open_session(tenant, user_id, "", Some(session_id.to_owned())).await?;
         let texts: Vec<String> = messages
             .iter()
             .map(|m| format!("{}: {}", m.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&m.role), m.content))

@@ -6,7 +6,7 @@ use ulid::Ulid;
 use super::error::{Result, StoreError};
 use super::keys;
 use super::read::hex;
-use super::records::{Document, Session};
+use super::records::{ulid_from_bytes, Document, Session};
 use super::Store;
 
 fn decode<T: Message + Default>(tree: &'static str, key: &[u8], value: &[u8]) -> Result<T> {
@@ -61,12 +61,11 @@ impl Store {
     /// text in one scope is stored once, so two documents can share a chunk).
     pub fn document_exclusive_chunks(&self, tenant: &str, id: Ulid) -> Result<Vec<Ulid>> {
         let Some(doc) = self.get_document(tenant, id)? else { return Ok(Vec::new()) };
-        let as_ulid = |b: &[u8]| <[u8; 16]>::try_from(b).ok().map(Ulid::from_bytes);
         let mut chunks: std::collections::BTreeSet<Ulid> = self.document_chunk_ids(id)?.into_iter().collect();
-        chunks.extend(doc.chunk_ids.iter().filter_map(|c| as_ulid(c)));
+        chunks.extend(doc.chunk_ids.iter().filter_map(|c| ulid_from_bytes(c)));
         for other in self.list_documents(tenant)? {
             if other.id != doc.id {
-                for c in other.chunk_ids.iter().filter_map(|c| as_ulid(c)) {
+                for c in other.chunk_ids.iter().filter_map(|c| ulid_from_bytes(c)) {
                     chunks.remove(&c);
                 }
             }
@@ -133,7 +132,7 @@ impl Store {
         }
         for doc in self.list_documents(tenant)? {
             if owned(doc.scope.as_ref()) {
-                if let Some(id) = <[u8; 16]>::try_from(doc.id.as_ref()).ok().map(Ulid::from_bytes) {
+                if let Some(id) = ulid_from_bytes(&doc.id) {
                     self.delete_document(tenant, id)?;
                 }
             }

@@ -152,7 +152,7 @@ impl From<ScopeJson> for Scope {
 }
 
 fn ulid_of(bytes: &[u8]) -> Ulid {
-    <[u8; 16]>::try_from(bytes).map(Ulid::from_bytes).unwrap_or_default()
+    super::records::ulid_from_bytes(bytes).unwrap_or_default()
 }
 
 impl From<&MemoryEntry> for EntryJson {

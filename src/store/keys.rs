@@ -78,10 +78,6 @@ pub fn trailing_ulid(key: &[u8]) -> Option<Ulid> {
     Some(Ulid::from_bytes(tail))
 }
 
-pub fn ulid_from_key(key: &[u8]) -> Option<Ulid> {
-    Some(Ulid::from_bytes(key.try_into().ok()?))
-}
-
 pub fn point_key(point: u64) -> [u8; 8] {
     point.to_be_bytes()
 }

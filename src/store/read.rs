@@ -9,7 +9,7 @@ use ulid::Ulid;
 use super::error::{Result, StoreError};
 use super::index::{normalize, SearchFilter, VectorIndex};
 use super::keys;
-use super::records::{Kind, MemoryEntry};
+use super::records::{ulid_from_bytes, Kind, MemoryEntry};
 use super::trees::Trees;
 use super::Store;
 
@@ -172,7 +172,7 @@ impl Store {
             let Some(id) = self.trees.points.get(keys::point_key(point))? else {
                 continue;
             };
-            let Some(id) = keys::ulid_from_key(&id) else {
+            let Some(id) = ulid_from_bytes(&id) else {
                 continue;
             };
             if let Some(entry) = self.get_entry(id)? {

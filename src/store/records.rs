@@ -41,10 +41,16 @@ impl FromStr for Kind {
     }
 }
 
+/// A ULID stored as 16 bytes (record ids, document ids, chunk ids, index values);
+/// `None` for any other length.
+pub fn ulid_from_bytes(bytes: &[u8]) -> Option<Ulid> {
+    Some(Ulid::from_bytes(bytes.try_into().ok()?))
+}
+
 impl MemoryEntry {
     /// The entry's id; `None` only for a record that fails verification.
     pub fn ulid(&self) -> Option<Ulid> {
-        Some(Ulid::from_bytes(self.id.as_ref().try_into().ok()?))
+        ulid_from_bytes(&self.id)
     }
 }
 

@@ -9,7 +9,7 @@ use ulid::Ulid;
 
 use super::error::Result;
 use super::read::{decode_entry, hex};
-use super::records::{Document, Session};
+use super::records::{ulid_from_bytes, Document, Session};
 use super::{keys, Store};
 
 /// What `verify` found. `problems` is empty for a healthy store.
@@ -87,7 +87,7 @@ impl Store {
         for item in t.by_hash.iter().chain(t.points.iter()) {
             let (key, value) = item?;
             let tree = if key.len() == 8 { "points" } else { "by_hash" };
-            dangling(tree, &key, keys::ulid_from_key(&value), &mut problems);
+            dangling(tree, &key, ulid_from_bytes(&value), &mut problems);
         }
         let index_points = self.index.len();
         if index_points != ids.len() {

@@ -12,7 +12,7 @@ use ulid::Ulid;
 use super::error::{Result, StoreError};
 use super::index::normalize;
 use super::keys::{self, MAX_KEY_COMPONENT};
-use super::records::{memory_entry::Source, now_ms, Kind, MemoryEntry, Scope};
+use super::records::{memory_entry::Source, now_ms, ulid_from_bytes, Kind, MemoryEntry, Scope};
 use super::trees::DIMENSION_KEY;
 use super::Store;
 
@@ -110,9 +110,7 @@ struct IndexKeys {
 fn index_keys(entry: &MemoryEntry, id: Ulid) -> IndexKeys {
     let scope = entry.scope.clone().unwrap_or_default();
     let document = match &entry.source {
-        Some(Source::Document(d)) => {
-            <[u8; 16]>::try_from(d.document_id.as_ref()).ok().map(|b| keys::document_key(Ulid::from_bytes(b), id))
-        }
+        Some(Source::Document(d)) => ulid_from_bytes(&d.document_id).map(|doc| keys::document_key(doc, id)),
         _ => None,
     };
     let session = (!scope.session_id.is_empty())
@@ -274,7 +272,7 @@ impl Store {
                 let hkey = keys::hash_key(&scope, record.kind, &record.content_hash);
                 let existing = match in_batch.get(&hkey) {
                     Some(id) => Some(*id),
-                    None => self.trees.by_hash.get(&hkey)?.as_deref().and_then(keys::ulid_from_key),
+                    None => self.trees.by_hash.get(&hkey)?.as_deref().and_then(ulid_from_bytes),
                 };
                 // The same text under another id: one copy is kept. (A record replacing
                 // itself, as an import of an existing id does, goes through.)
