@@ -9,6 +9,31 @@ use common::server::Server;
 use serde_json::Value;
 
 const DATASET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/locomo_synthetic.json");
+/// Longer conversations (12 sessions each), half of whose questions share no content word
+/// with their evidence: the set the fusion's weights were not first shaped on.
+const LONG_DATASET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/locomo_synthetic_long.json");
+
+/// Runs the eval and returns its JSON report.
+fn eval_report(base: &str, file: &str) -> Value {
+    let out = eval(base, file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    serde_json::from_str(line).unwrap()
+}
+
+/// The fused ranking is the point of having two retrievers: it must beat each of them
+/// at recall@1 and @10 and be no worse at @5.
+fn assert_fusion_beats_both(report: &Value) {
+    let recall = |method: &str, k: usize| report["methods"][method][format!("recall@{k}")].as_f64().unwrap();
+    for single in ["dense", "lexical"] {
+        for k in [1, 10] {
+            assert!(recall("fused", k) > recall(single, k), "fused vs {single} at @{k}: {report}");
+        }
+        assert!(recall("fused", 5) >= recall(single, 5), "fused vs {single} at @5: {report}");
+    }
+}
 
 fn eval(base: &str, file: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_engram"))
@@ -23,12 +48,7 @@ fn retrieval_eval_reports_recall_for_each_method() {
     let server = Server::start(dir.path(), &[("ENGRAM_MODEL__GENERATOR", "")]);
     server.wait_ready();
 
-    let out = eval(&server.base, DATASET);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
-    println!("{stdout}");
-    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
-    let report: Value = serde_json::from_str(line).unwrap();
+    let report = eval_report(&server.base, DATASET);
     assert_eq!(report["conversations"], 2);
     assert_eq!(report["sessions"], 8);
     assert_eq!(report["questions"], 36);
@@ -39,8 +59,7 @@ fn retrieval_eval_reports_recall_for_each_method() {
         assert!(recalls.iter().all(|r| (0.0..=1.0).contains(r)), "{method}: {recalls:?}");
         assert!(recalls.windows(2).all(|w| w[0] <= w[1]), "{method} falls with k: {recalls:?}");
     }
-    let fused10 = report["methods"]["fused"]["recall@10"].as_f64().unwrap();
-    assert!(fused10 >= 0.6, "fused recall@10 {fused10}");
+    assert_fusion_beats_both(&report);
 
     // A rerun starts clean: the same figures, not duplicates crowding the top k.
     let again = eval(&server.base, DATASET);
@@ -52,6 +71,13 @@ fn retrieval_eval_reports_recall_for_each_method() {
         let close = |k: &str| (a[k].as_f64().unwrap() - b[k].as_f64().unwrap()).abs() <= 0.05;
         assert!(["recall@1", "recall@5", "recall@10"].into_iter().all(close), "{method}: {a} then {b}");
     }
+
+    // The longer set (run after the rerun check: its turns change the corpus statistics
+    // BM25 weighs terms by).
+    let long = eval_report(&server.base, LONG_DATASET);
+    assert_eq!((long["conversations"].as_u64(), long["sessions"].as_u64()), (Some(2), Some(24)));
+    assert_eq!((long["turns"].as_u64(), long["questions"].as_u64()), (Some(426), Some(90)));
+    assert_fusion_beats_both(&long);
 
     // Failures are messages and a non-zero exit, never a panic.
     let missing = eval(&server.base, "tests/data/no_such_file.json");

@@ -152,3 +152,35 @@ fn without_keys_only_loopback_is_served() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("without API keys"), "{err}");
 }
+
+/// An imported reply is found lexically by what the message it answers names, and still
+/// is after a restart (when the lexical index is rebuilt from the store); the reply
+/// itself is what comes back, unchanged.
+#[test]
+fn a_reply_is_found_by_the_words_of_the_turn_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ENGRAM_MODEL__GENERATOR", "")];
+    let server = Server::start(dir.path(), &env);
+    server.wait_ready();
+    let messages = json!({ "user_id": "rosa", "messages": [
+        { "role": "user", "name": "Callum", "content": "Did you buy a bicycle for the charity sportive?" },
+        { "role": "user", "name": "Rosa", "content": "Yes, a second-hand Ribble, and it flies." },
+        { "role": "user", "name": "Callum", "content": "Lovely. The weather here is grim." },
+    ]});
+    let (status, body) = server.call("POST", "/v1/sessions/s1/messages", None, Some(&messages));
+    assert_eq!(status, 201, "{body}");
+    let search = |server: &Server| {
+        let q = json!({ "query": "charity sportive", "user_id": "rosa", "mode": "lexical", "k": 5 });
+        let (status, found) = server.call("POST", "/v1/memories/search", None, Some(&q));
+        assert_eq!(status, 200, "{found}");
+        texts(&found)
+    };
+    let found = search(&server);
+    assert_eq!(found.len(), 2, "the question and its reply, not the unrelated turn: {found:?}");
+    assert!(found.contains(&"Rosa: Yes, a second-hand Ribble, and it flies.".to_owned()), "{found:?}");
+    let (ok, _) = server.terminate();
+    assert!(ok);
+    let server = Server::start(dir.path(), &env);
+    server.wait_ready();
+    assert_eq!(search(&server), found);
+}

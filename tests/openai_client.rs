@@ -68,3 +68,32 @@ fn the_official_openai_client_works_plain_and_streamed() {
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("user"));
 }
+
+/// The client's system message takes the place of the configured system prompt. Measured
+/// by the prompt's size: each user is new, so no memory joins the prompt, and " apple"
+/// repeated is one token per repeat in the model's vocabulary, so the prompt grows by
+/// exactly the repeats added.
+#[test]
+fn a_client_system_message_replaces_the_configured_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let configured = "apple".repeat(1) + &" apple".repeat(199);
+    let server = Server::start(dir.path(), &[("ENGRAM_CHAT__SYSTEM_PROMPT", &configured)]);
+    server.wait_ready();
+    let prompt_tokens = |user: &str, system: Option<String>| {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(json!({ "role": "system", "content": s }));
+        }
+        messages.push(json!({ "role": "user", "content": "Hello there." }));
+        let body = json!({ "model": "engram", "user": user, "max_tokens": 1, "messages": messages });
+        let (status, reply) = server.call("POST", "/v1/chat/completions", None, Some(&body));
+        assert_eq!(status, 200, "{reply}");
+        reply["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let own = |n: usize| Some("apple".to_string() + &" apple".repeat(n - 1));
+    let configured_200 = prompt_tokens("u1", None);
+    let client_20 = prompt_tokens("u2", own(20));
+    let client_40 = prompt_tokens("u3", own(40));
+    assert_eq!(client_40 - client_20, 20, "the client's system text is in the prompt");
+    assert_eq!(configured_200 - client_20, 180, "and the configured one is not");
+}

@@ -51,6 +51,7 @@ pub async fn chat(
         max_tokens: req.max_tokens,
         temperature: req.temperature,
         prior_turns: Vec::new(),
+        system_prompt: None,
     };
     if !req.stream {
         return Ok(Json(outcome_json(&chat.turn(&tenant, turn).await?)).into_response());

@@ -2,7 +2,8 @@
 //! the official client libraries work unchanged. `user` is the user id;
 //! `metadata.session_id` continues a session (without it, each request starts one, seeded
 //! with the earlier messages the client sent). The reply is written back as for
-//! `/v1/chat`; the memories used come back in an extra `memories` field.
+//! `/v1/chat`; the memories used come back in an extra `memories` field. The client's
+//! system (or developer) messages replace the configured system prompt for that turn.
 
 use std::sync::Arc;
 
@@ -80,9 +81,14 @@ pub async fn chat_completions(
     }
     let message = last.text()?;
     let mut prior = Vec::new();
+    let mut system = Vec::new();
     for m in &req.messages[..req.messages.len() - 1] {
-        if m.role == "user" || m.role == "assistant" {
-            prior.push((m.role.clone(), m.text()?));
+        match m.role.as_str() {
+            "user" | "assistant" => prior.push((m.role.clone(), m.text()?)),
+            // OpenAI renamed the system role "developer" for newer models; both set the
+            // instructions, which replace the configured system prompt for this turn.
+            "system" | "developer" => system.push(m.text()?),
+            _ => {}
         }
     }
     let session_id = match req.metadata.as_ref().and_then(|m| m.get("session_id")) {
@@ -98,6 +104,7 @@ pub async fn chat_completions(
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
         prior_turns: prior,
+        system_prompt: (!system.is_empty()).then(|| system.join("\n\n")),
     };
     let id = format!("chatcmpl-{}", ulid::Ulid::new());
     let created = now_ms() / 1000;

@@ -47,6 +47,8 @@ pub struct ChatTurn {
     /// Earlier (role, content) turns the client keeps itself (OpenAI-style requests):
     /// they seed a new session's history. Ignored for a session that has turns.
     pub prior_turns: Vec<(String, String)>,
+    /// The client's own system prompt for this turn, in place of the configured one.
+    pub system_prompt: Option<String>,
 }
 
 /// A turn ready to generate: its session, the memories chosen and the prompt.
@@ -177,7 +179,7 @@ impl Chat {
         let window = self.config.context_tokens.min(self.generator.info().context_length);
         let assembled = context::assemble(
             &ContextRequest {
-                system_prompt: &self.config.system_prompt,
+                system_prompt: turn.system_prompt.as_deref().unwrap_or(&self.config.system_prompt),
                 memories: &memories,
                 rolling_summary: Some(session.rolling_summary.as_str()),
                 recent_turns: &recent,

@@ -203,25 +203,10 @@ impl LexicalIndex {
         if k == 0 || self.docs.is_empty() {
             return Vec::new();
         }
-        let mut terms = tokenize(query);
-        terms.sort_unstable();
-        terms.dedup();
-
-        // f64 internally: sums over many terms then compare equal across rebuilt indexes.
-        let n = self.docs.len() as f64;
-        let avgdl = self.total_len as f64 / n;
-        let (k1, b) = (f64::from(self.params.k1), f64::from(self.params.b));
         let mut scores: HashMap<u64, f64> = HashMap::new();
-        for term in &terms {
-            let Some(list) = self.postings.get(term) else { continue };
-            let df = list.len() as f64;
-            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+        for (list, idf) in self.query_terms(query) {
             for (&doc, &tf) in list {
-                let tf = f64::from(tf);
-                let dl = f64::from(self.docs[&doc].len);
-                // avgdl > 0 here: a posting exists, so some document has a token.
-                let norm = 1.0 - b + b * dl / avgdl;
-                *scores.entry(doc).or_insert(0.0) += idf * tf * (k1 + 1.0) / (tf + k1 * norm);
+                *scores.entry(doc).or_insert(0.0) += self.term_score(idf, tf, doc);
             }
         }
 
@@ -235,6 +220,67 @@ impl LexicalIndex {
         hits.sort_unstable_by(by_rank);
         hits.into_iter().map(|(doc, s)| (doc, s as f32)).collect()
     }
+
+    /// The BM25 score of `query` for each of `docs` that is indexed (0 when it shares no
+    /// term with the query), in the order given. Hybrid search uses it to give the dense
+    /// side's finds the lexical score they would have had, instead of none.
+    pub fn score(&self, query: &str, docs: &[u64]) -> Vec<(u64, f32)> {
+        let terms = self.query_terms(query);
+        docs.iter()
+            .filter(|d| self.docs.contains_key(d))
+            .map(|&doc| {
+                let s: f64 = terms
+                    .iter()
+                    .filter_map(|(list, idf)| list.get(&doc).map(|&tf| self.term_score(*idf, tf, doc)))
+                    .sum();
+                (doc, s as f32)
+            })
+            .collect()
+    }
+
+    /// What a document holding every query term once, at average length, would score:
+    /// the sum of the idf of the query's distinct terms, a term the index lacks counting
+    /// at its rarest (df 0). Dividing BM25 by it gives an absolute 0..~1 coverage of the
+    /// query's information — matching only common words (a speaker's name) stays low,
+    /// and so does everything when most of the query's words occur nowhere (a
+    /// paraphrase, which dense retrieval should carry) — where dividing by the best
+    /// score of the query would make any best match 1.
+    pub fn query_weight(&self, query: &str) -> f32 {
+        distinct_terms(query).iter().map(|t| self.idf(self.postings.get(t).map_or(0, HashMap::len))).sum::<f64>() as f32
+    }
+
+    /// The query's distinct terms that occur in the index, each with its postings and idf.
+    fn query_terms(&self, query: &str) -> Vec<(&HashMap<u64, u32>, f64)> {
+        distinct_terms(query)
+            .iter()
+            .filter_map(|t| self.postings.get(t))
+            .map(|list| (list, self.idf(list.len())))
+            .collect()
+    }
+
+    /// idf = ln(1 + (N − df + 0.5)/(df + 0.5)); f64, so that sums over many terms compare
+    /// equal across rebuilt indexes.
+    fn idf(&self, df: usize) -> f64 {
+        let (n, df) = (self.docs.len() as f64, df as f64);
+        (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+    }
+
+    /// One term's BM25 contribution to `doc`, where it occurs `tf` times.
+    fn term_score(&self, idf: f64, tf: u32, doc: u64) -> f64 {
+        let (k1, b) = (f64::from(self.params.k1), f64::from(self.params.b));
+        // avgdl > 0 here: a posting exists, so some document has a token.
+        let avgdl = self.total_len as f64 / self.docs.len() as f64;
+        let (tf, dl) = (f64::from(tf), f64::from(self.docs[&doc].len));
+        idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl / avgdl))
+    }
+}
+
+/// A query's terms, each once: after stemming, "cat cats" should not weigh "cat" double.
+fn distinct_terms(query: &str) -> Vec<String> {
+    let mut terms = tokenize(query);
+    terms.sort_unstable();
+    terms.dedup();
+    terms
 }
 
 impl Default for LexicalIndex {
@@ -461,5 +507,32 @@ mod tests {
         assert!(close(r[0].1, 1.0 / 63.0 + 3.0 / 61.0)); // 0.065047
         assert!(close(r[1].1, 1.0 / 61.0 + 3.0 / 62.0)); // 0.064780
         assert!(reciprocal_rank_fusion(&[], 60.0).is_empty());
+    }
+
+    #[test]
+    fn scoring_chosen_documents_matches_search() {
+        let idx = toy();
+        let searched = idx.search("cat dog", 10, &admit_all);
+        let mut scored = idx.score("cat dog", &[1, 2, 3, 99]);
+        // 99 is not indexed and is left out; every other document gets its search score.
+        assert_eq!(scored.len(), 3);
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(scored, searched);
+        // A document sharing no term with the query scores 0 (search would omit it).
+        assert_eq!(idx.score("bark", &[1]), vec![(1, 0.0)]);
+    }
+
+    #[test]
+    fn query_weight_sums_idf_and_counts_unknown_terms_at_df_zero() {
+        let idx = toy();
+        let n = 3.0;
+        let idf = |df: f64| (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+        // cat: df 2; zebra: df 0; "cats" repeats cat after stemming and counts once.
+        assert!(close(idx.query_weight("cat cats zebra"), idf(2.0) + idf(0.0)));
+        // Document 1 holds cat once at length 3 (avgdl 11/3): its coverage of "cat" is
+        // below 1 only by the length normalisation.
+        let coverage = idx.score("cat", &[1])[0].1 / idx.query_weight("cat");
+        let want = bm25_term(1.0, 2.0, n, 3.0, 11.0 / 3.0) / idf(2.0);
+        assert!(close(coverage, want) && coverage > 0.9 && coverage < 1.2, "{coverage}");
     }
 }

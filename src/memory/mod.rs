@@ -11,3 +11,4 @@ pub mod lexical;
 pub mod ranking;
 pub mod service;
 pub mod sessions;
+pub mod turn_context;

@@ -1,5 +1,6 @@
-//! Fusing the retrieval signals into one score: dense (vector) and lexical (BM25) ranks
-//! by weighted reciprocal-rank fusion, then recency and importance as further terms.
+//! Fusing the retrieval signals into one score: dense (vector) and lexical (BM25) by a
+//! weighted mean of scores on one absolute scale (or by reciprocal-rank fusion), then
+//! recency and importance as further terms.
 
 use serde::Deserialize;
 
@@ -20,9 +21,10 @@ pub struct RankingWeights {
     pub fusion: Fusion,
 }
 
-/// Reciprocal-rank fusion looks only at ranks; score fusion adds the normalised scores
-/// (cosine similarity as it is, BM25 divided by the best BM25 of the query), so a
-/// clear winner in one list is not flattened to "first".
+/// Reciprocal-rank fusion looks only at ranks; score fusion takes the weighted mean of
+/// the cosine similarity and the lexical coverage (BM25 divided by the query's weight,
+/// see `LexicalIndex::query_weight`), both absolute, so a clear winner in one list is
+/// not flattened to "first" and a weak best match stays weak (which `min_score` relies on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Fusion {
@@ -33,7 +35,7 @@ pub enum Fusion {
 impl Default for RankingWeights {
     fn default() -> Self {
         Self {
-            dense: 1.0,
+            dense: 2.0,
             lexical: 1.0,
             rrf_k: 60.0,
             recency: 0.1,
@@ -72,9 +74,10 @@ pub fn recency(created_at_ms: i64, now_ms: i64, half_life_days: f32) -> f32 {
 }
 
 /// Fused scores in 0..1, best first. `dense` (cosine similarities) and `lexical` (BM25
-/// scores) are (point, score) lists best first; `facts` gives each candidate's age and
-/// importance. The relevance part is in 0..1 (1: first in every list, or a perfect
-/// score in both); the terms are then mixed as
+/// coverage, 0..~1) are (point, score) lists best first, normally over the same
+/// candidates; `facts` gives each candidate's age and importance. The relevance part is
+/// in 0..1 (1: first in every list, or a perfect score in both); the terms are then
+/// mixed as
 /// `(1 − r − i)·relevance + r·recency + i·importance`.
 pub fn fuse(
     dense: &[(u64, f32)],
@@ -95,15 +98,14 @@ pub fn fuse(
                 .collect()
         }
         Fusion::Scores => {
-            let top_bm25 = lexical.iter().map(|h| h.1).fold(0.0f32, f32::max);
             let used =
                 (if dense.is_empty() { 0.0 } else { w.dense }) + (if lexical.is_empty() { 0.0 } else { w.lexical });
             let mut sum: std::collections::HashMap<u64, f32> = std::collections::HashMap::new();
             for (p, cos) in dense {
-                *sum.entry(*p).or_default() += w.dense * cos.max(0.0);
+                *sum.entry(*p).or_default() += w.dense * cos.clamp(0.0, 1.0);
             }
-            for (p, bm25) in lexical {
-                *sum.entry(*p).or_default() += w.lexical * if top_bm25 > 0.0 { bm25 / top_bm25 } else { 0.0 };
+            for (p, coverage) in lexical {
+                *sum.entry(*p).or_default() += w.lexical * coverage.clamp(0.0, 1.0);
             }
             sum.into_iter().map(|(p, s)| (p, if used > 0.0 { s / used } else { 0.0 })).collect()
         }
@@ -155,13 +157,24 @@ mod tests {
     }
 
     #[test]
-    fn score_fusion_adds_normalised_scores() {
+    fn score_fusion_is_the_weighted_mean_of_cosine_and_coverage() {
         let facts = |p: u64| Some(Candidate { point: p, created_at_ms: 0, importance: 0.5 });
-        let w = RankingWeights { recency: 0.0, importance: 0.0, fusion: Fusion::Scores, ..Default::default() };
-        // 1: (0.9 + 0)/2 = 0.45; 2: (0.8 + 4/5)/2 = 0.8; 3: (0 + 5/5)/2 = 0.5.
-        let fused = fuse(&[(1, 0.9), (2, 0.8)], &[(3, 5.0), (2, 4.0)], &facts, &w, 0);
+        let w = RankingWeights {
+            dense: 2.0,
+            lexical: 1.0,
+            recency: 0.0,
+            importance: 0.0,
+            fusion: Fusion::Scores,
+            ..Default::default()
+        };
+        // 1: (2·0.9 + 0)/3 = 0.6; 2: (2·0.8 + 0.5)/3 = 0.7; 3: (2·0.1 + 0.9)/3 ≈ 0.367.
+        let fused = fuse(&[(1, 0.9), (2, 0.8), (3, 0.1)], &[(3, 0.9), (2, 0.5), (1, 0.0)], &facts, &w, 0);
         let got: Vec<(u64, f32)> = fused.iter().map(|(p, s)| (*p, (s * 1000.0).round() / 1000.0)).collect();
-        assert_eq!(got, vec![(2, 0.8), (3, 0.5), (1, 0.45)]);
+        assert_eq!(got, vec![(2, 0.7), (1, 0.6), (3, 0.367)]);
+        // Out-of-range inputs are clamped: a negative cosine adds nothing, coverage over 1
+        // (a document repeating the query's terms) counts as 1.
+        let fused = fuse(&[(1, -0.3)], &[(1, 1.4)], &facts, &w, 0);
+        assert!((fused[0].1 - 1.0 / 3.0).abs() < 1e-6, "{fused:?}");
         // Dense only: the cosine itself.
         let fused = fuse(&[(1, 0.9)], &[], &facts, &w, 0);
         assert!((fused[0].1 - 0.9).abs() < 1e-6);
@@ -169,7 +182,7 @@ mod tests {
 
     #[test]
     fn recency_and_importance_break_rank_ties() {
-        let w = RankingWeights { fusion: Fusion::Rrf, ..Default::default() };
+        let w = RankingWeights { dense: 1.0, lexical: 1.0, fusion: Fusion::Rrf, ..Default::default() };
         let facts =
             |p: u64| Some(Candidate { point: p, created_at_ms: if p == 1 { 0 } else { 300 * DAY }, importance: 0.5 });
         // Equal ranks (1 first in dense, 2 first in lexical); 2 is recent, 1 is old.

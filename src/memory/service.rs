@@ -11,6 +11,7 @@ use ulid::Ulid;
 
 use super::lexical::{Bm25Params, LexicalIndex};
 use super::ranking::{fuse, Candidate, Mode, RankingWeights};
+use super::turn_context::TurnContext;
 use crate::model::{Embedder, EngineError};
 use crate::store::records::{now_ms, Kind, MemoryEntry, Scope};
 use crate::store::{NewEntry, Page, ScopeClause, SearchFilter, Store, StoreError};
@@ -115,16 +116,40 @@ impl MemoryService {
     /// async workers).
     pub fn new(store: Arc<Store>, embedder: Option<Embedder>, weights: RankingWeights) -> Result<Self, MemoryError> {
         let mut lexical = LexicalIndex::new(Bm25Params::default());
-        store.scan_entries(|e| lexical.insert(e.point_id, &e.text))?;
+        let mut context = TurnContext::new(&store);
+        let mut failed = None;
+        store.scan_entries(|e| match context.lexical_text(&e) {
+            Ok(text) => lexical.insert(e.point_id, &text),
+            Err(err) => failed = Some(err),
+        })?;
+        if let Some(err) = failed {
+            return Err(err.into());
+        }
+        drop(context);
         Ok(Self { store, embedder, lexical: Arc::new(RwLock::new(lexical)), weights })
     }
 
     /// Keeps the lexical index in step with entries written elsewhere (documents,
     /// chat write-back).
+    /// Call it after the session a turn came from is stored, so that the turn's context
+    /// (the turn before it) is indexed with it.
     pub fn note_written(&self, entries: &[MemoryEntry]) {
+        let mut context = TurnContext::new(&self.store);
+        let texts: Vec<(u64, String)> = entries
+            .iter()
+            .map(|e| {
+                // The entry is stored already; a session that cannot be read only costs
+                // the context, so index the text alone rather than not at all.
+                let text = context.lexical_text(e).unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "session unreadable; indexing the memory without its context");
+                    e.text.clone()
+                });
+                (e.point_id, text)
+            })
+            .collect();
         let mut lexical = self.lexical.write();
-        for e in entries {
-            lexical.insert(e.point_id, &e.text);
+        for (point, text) in texts {
+            lexical.insert(point, &text);
         }
     }
 
@@ -327,57 +352,60 @@ impl MemoryService {
         // needs depth from both lists: fetch more than asked.
         let post_filtered = !q.metadata.is_empty() || q.created_after_ms.is_some() || q.created_before_ms.is_some();
         let fetch = if post_filtered { (q.k * 10).min(1000) } else { (q.k * 4).max(20) };
-        let dense = match q.mode {
-            Mode::Lexical => Vec::new(),
-            Mode::Dense | Mode::Hybrid => {
-                let vector = self.embed_one(&q.query).await?;
-                let (store, filter) = (self.store.clone(), filter.clone());
-                blocking(move || Ok(store.index().search(&crate::store::normalized(&vector), fetch, &filter))).await?
-            }
+        let vector = match q.mode {
+            Mode::Lexical => None,
+            Mode::Dense | Mode::Hybrid => Some(crate::store::normalized(&self.embed_one(&q.query).await?)),
         };
-        let lexical = match q.mode {
-            Mode::Dense => Vec::new(),
-            Mode::Lexical | Mode::Hybrid => {
-                let (lexical, store, query, filter) =
-                    (self.lexical.clone(), self.store.clone(), q.query.clone(), filter.clone());
-                blocking(move || {
-                    Ok(store.index().with_admit(&filter, |admit| lexical.read().search(&query, fetch, admit)))
+        let (store, lexical, weights, mode) = (self.store.clone(), self.lexical.clone(), self.weights.clone(), q.mode);
+        let query = q.query.clone();
+        let ranked: Vec<(u64, f32)> = blocking(move || {
+            let index = store.index();
+            let dense: Vec<(u64, f32)> = match &vector {
+                Some(v) => index.search(v, fetch, &filter).into_iter().map(|h| (h.point, h.similarity)).collect(),
+                None => Vec::new(),
+            };
+            let lexical_hits = match mode {
+                Mode::Dense => Vec::new(),
+                Mode::Lexical | Mode::Hybrid => {
+                    index.with_admit(&filter, |admit| lexical.read().search(&query, fetch, admit))
+                }
+            };
+            let (Mode::Hybrid, Some(vector)) = (mode, &vector) else {
+                return Ok(if mode == Mode::Lexical { lexical_hits } else { dense });
+            };
+            // Each list holds only its own method's best; a memory the other method put
+            // just below its cut-off would count there as scoring nothing. Score the
+            // union by both methods so that fusion compares like with like.
+            let mut union: Vec<u64> = dense.iter().chain(&lexical_hits).map(|(p, _)| *p).collect();
+            union.sort_unstable();
+            union.dedup();
+            let by_score = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            let mut dense = index.similarities(vector, &union);
+            dense.sort_unstable_by(by_score);
+            // BM25 as coverage of the query (see `LexicalIndex::query_weight`), so that it
+            // sits on an absolute scale beside the cosine.
+            let mut lexical_all = {
+                let lexical = lexical.read();
+                let weight = lexical.query_weight(&query);
+                let mut scored = lexical.score(&query, &union);
+                scored.iter_mut().for_each(|h| h.1 = if weight > 0.0 { h.1 / weight } else { 0.0 });
+                scored
+            };
+            lexical_all.sort_unstable_by(by_score);
+            // Age and importance come from the entries themselves.
+            let facts: std::collections::HashMap<u64, Candidate> = store
+                .resolve_hits(union.iter().map(|p| (*p, 0.0)))?
+                .into_iter()
+                .map(|s| {
+                    let e = s.entry;
+                    let c = Candidate { point: e.point_id, created_at_ms: e.created_at_ms, importance: e.importance };
+                    (e.point_id, c)
                 })
-                .await?
-            }
-        };
+                .collect();
+            Ok(fuse(&dense, &lexical_all, &|p| facts.get(&p).copied(), &weights, now_ms()))
+        })
+        .await?;
         let store = self.store.clone();
-        let weights = self.weights.clone();
-        let mode = q.mode;
-        let ranked: Vec<(u64, f32)> = match mode {
-            Mode::Dense => dense.iter().map(|h| (h.point, h.similarity)).collect(),
-            Mode::Lexical => lexical,
-            Mode::Hybrid => {
-                let dense_scored: Vec<(u64, f32)> = dense.iter().map(|h| (h.point, h.similarity)).collect();
-                let candidates: Vec<u64> = dense_scored.iter().chain(&lexical).map(|(p, _)| *p).collect();
-                // Age and importance come from the entries themselves.
-                let store2 = store.clone();
-                let facts: std::collections::HashMap<u64, Candidate> = blocking(move || {
-                    Ok(store2
-                        .resolve_hits(candidates.into_iter().map(|p| (p, 0.0)))?
-                        .into_iter()
-                        .map(|s| {
-                            let e = s.entry;
-                            (
-                                e.point_id,
-                                Candidate {
-                                    point: e.point_id,
-                                    created_at_ms: e.created_at_ms,
-                                    importance: e.importance,
-                                },
-                            )
-                        })
-                        .collect())
-                })
-                .await?;
-                fuse(&dense_scored, &lexical, &|p| facts.get(&p).copied(), &weights, now_ms())
-            }
-        };
         let hits = blocking(move || store.resolve_hits(ranked.into_iter())).await?;
         Ok(hits
             .into_iter()

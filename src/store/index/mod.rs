@@ -248,6 +248,14 @@ impl VectorIndex {
         f(&|point| table.get(point).is_some_and(|p| compiled.admits(&p.label)))
     }
 
+    /// The similarity of the unit vector `query` to each of `points` that is still live,
+    /// exactly (no graph walk). Hybrid search uses it to give the lexical side's finds
+    /// the dense score they would have had, instead of none.
+    pub fn similarities(&self, query: &[f32], points: &[u64]) -> Vec<(u64, f32)> {
+        let table = self.table.read();
+        points.iter().filter_map(|&p| table.get(p).map(|live| (p, dot(query, &live.vector)))).collect()
+    }
+
     /// Exact search by a full scan: the reference the graph search is measured against.
     pub fn exact_search(&self, query: &[f32], k: usize, filter: &SearchFilter) -> Vec<Hit> {
         let table = self.table.read();
