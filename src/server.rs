@@ -54,7 +54,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         state.set_chat(Chat::new(memory.clone(), generator, settings.chat.clone()));
     }
     if let Some(embedder) = engine.embedder.clone() {
-        state.set_documents(Documents::new(memory.clone(), embedder));
+        let documents = Documents::new(memory.clone(), embedder);
+        documents.resume_jobs().await.context("resuming the document jobs left unfinished")?;
+        state.set_documents(documents);
     }
     state.set_memory(memory);
     state.set_engine(engine);

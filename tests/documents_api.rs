@@ -254,3 +254,54 @@ fn documents_are_chunked_searchable_idempotent_scoped_and_deletable() {
     let (_, mine) = server.call("GET", "/v1/documents?user_id=alice", ACME, None);
     assert_eq!(mine["data"].as_array().unwrap().len(), 1, "{mine}");
 }
+
+/// A server killed while a job runs takes the job up again when it comes back: the same
+/// job id reports progress to the end and the document is then complete and searchable.
+#[test]
+fn a_job_cut_off_by_a_crash_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("ENGRAM_AUTH__KEYS", "acme=acme-key"), ("ENGRAM_MODEL__GENERATOR", "")];
+    let server = Server::start(dir.path(), &env);
+    server.wait_ready();
+    let mut big = String::from("# Lighthouses\n\n");
+    for n in 1..=300 {
+        big.push_str(&format!(
+            "## Light {n}\n\nLighthouse number {n} flashes every {} seconds and was first lit in {}.\n\n",
+            3 + n % 11,
+            1820 + n
+        ));
+        if n == 250 {
+            big.push_str("Lighthouse 250 keeps a brass foghorn named Old Bellow.\n\n");
+        }
+    }
+    let body = json!({ "title": "Lights", "text": big });
+    let (status, started) = server.call("POST", "/v1/documents", ACME, Some(&body));
+    assert_eq!(status, 202, "{started}");
+    let (job, doc) = (started["job_id"].as_str().unwrap().to_owned(), started["document_id"].as_str().unwrap());
+    let doc_path = format!("/v1/documents/{doc}");
+    // Not written yet (a document is written at once, at the end of its job) ...
+    assert_eq!(server.call("GET", &doc_path, ACME, None).0, 404);
+    drop(server); // ... when the server is killed (SIGKILL).
+
+    let server = Server::start(dir.path(), &env);
+    server.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let (status, report) = server.call("GET", &format!("/v1/jobs/{job}"), ACME, None);
+        assert_eq!(status, 200, "the job is remembered: {report}");
+        assert_ne!(report["status"], "failed", "{report}");
+        if report["status"] == "done" {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {report}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let total = report["progress"]["total"].as_u64().unwrap();
+    let (status, read) = server.call("GET", &doc_path, ACME, None);
+    assert_eq!((status, read["status"].as_str(), read["chunks"].as_u64()), (200, Some("ready"), Some(total)));
+    let found = search(&server, ACME, "Which lighthouse has a brass foghorn?");
+    assert!(found.iter().any(|t| t.contains("Old Bellow")), "{found:?}");
+    // Uploading the same text again finds the document, not a second job.
+    let (status, again) = server.call("POST", "/v1/documents", ACME, Some(&body));
+    assert_eq!((status, again["id"].as_str()), (200, Some(doc)), "{again}");
+}

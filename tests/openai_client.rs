@@ -76,7 +76,7 @@ fn the_official_openai_client_works_plain_and_streamed() {
 #[test]
 fn a_client_system_message_replaces_the_configured_prompt() {
     let dir = tempfile::tempdir().unwrap();
-    let configured = "apple".repeat(1) + &" apple".repeat(199);
+    let configured = "apple".to_string() + &" apple".repeat(199);
     let server = Server::start(dir.path(), &[("ENGRAM_CHAT__SYSTEM_PROMPT", &configured)]);
     server.wait_ready();
     let prompt_tokens = |user: &str, system: Option<String>| {

@@ -7,22 +7,23 @@
 //! chunks just written are deleted again, so a failure never leaves half a document.
 //!
 //! Small documents are ingested while the request waits. Large ones (more than
-//! [`SYNC_CHUNK_LIMIT`] chunks) become an in-memory job, embedded in batches so that
-//! progress can be reported.
+//! [`SYNC_CHUNK_LIMIT`] chunks) become a background job, embedded in batches so that
+//! progress can be reported, and recorded in the store so that a restart resumes it
+//! (see [`super::ingest_jobs`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::Value;
 use ulid::Ulid;
 
 use super::chunking::{chunk_text, Chunk, ChunkParams};
+use super::ingest_jobs::JobBook;
+pub use super::ingest_jobs::{JobStatus, JobView};
 use super::service::{blocking, MemoryError, MemoryService};
 use crate::model::Embedder;
 use crate::store::records::memory_entry::Source;
 use crate::store::records::{
-    now_ms, ulid_from_bytes, Document, DocumentSource, DocumentStatus, Kind, MemoryEntry, Scope,
+    now_ms, ulid_from_bytes, Document, DocumentSource, DocumentStatus, IngestJob, Kind, MemoryEntry, Scope,
 };
 use crate::store::NewEntry;
 
@@ -32,8 +33,6 @@ pub const SYNC_CHUNK_LIMIT: usize = 32;
 const EMBED_BATCH: usize = 32;
 /// Chunk budget: below MiniLM's 256-token window, so that no chunk is ever truncated.
 const CHUNKING: ChunkParams = ChunkParams { max_tokens: 200, overlap_tokens: 30 };
-/// Finished jobs are forgotten after this long (they only report on past work).
-const JOB_RETENTION_MS: i64 = 60 * 60 * 1000;
 /// Longest scope component the store accepts.
 const MAX_USER_ID_BYTES: usize = 512;
 
@@ -73,48 +72,6 @@ pub enum Ingested {
     Started(JobView),
 }
 
-/// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
-    Pending,
-    Running,
-    Done,
-    Failed,
-}
-
-impl JobStatus {
-    /// The name used in the API.
-    pub fn name(self) -> &'static str {
-        match self {
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Done => "done",
-            JobStatus::Failed => "failed",
-        }
-    }
-}
-
-/// A snapshot of a job, as `/v1/jobs/{id}` reports it.
-#[derive(Debug, Clone)]
-pub struct JobView {
-    pub id: Ulid,
-    pub status: JobStatus,
-    /// Chunks embedded so far.
-    pub done: usize,
-    pub total: usize,
-    pub document_id: Ulid,
-    pub error: Option<String>,
-}
-
-/// A job with what is needed to scope it and to recognise a repeated upload.
-struct Job {
-    view: JobView,
-    tenant: String,
-    user_id: String,
-    content_hash: [u8; 32],
-    finished_at_ms: Option<i64>,
-}
-
 /// A document chunked and ready to embed.
 struct Prepared {
     id: Ulid,
@@ -129,7 +86,7 @@ struct Prepared {
 pub struct Documents {
     memory: MemoryService,
     embedder: Embedder,
-    jobs: Arc<Mutex<HashMap<Ulid, Job>>>,
+    jobs: JobBook,
     /// Serialises "is this text already here?" with the write or job start that follows,
     /// so that two identical uploads at once still make one document.
     admit: Arc<tokio::sync::Mutex<()>>,
@@ -194,9 +151,9 @@ impl Documents {
     /// Ingestion over the memory service's store, with the embedding model given.
     pub fn new(memory: MemoryService, embedder: Embedder) -> Self {
         Self {
+            jobs: JobBook::new(memory.store().clone()),
             memory,
             embedder,
-            jobs: Arc::new(Mutex::new(HashMap::new())),
             admit: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -229,15 +186,12 @@ impl Documents {
         if prepared.chunks.len() <= SYNC_CHUNK_LIMIT {
             return Ok(Ingested::Stored(self.embed_and_store(prepared, |_| {}).await?));
         }
-        Ok(Ingested::Started(self.start_job(prepared)))
+        Ok(Ingested::Started(self.start_job(prepared).await?))
     }
 
     /// The tenant+user's document with this text, or the job now ingesting it.
     async fn find_existing(&self, tenant: &str, user: &str, hash: [u8; 32]) -> Result<Option<Ingested>, MemoryError> {
-        let running = self.jobs.lock().values().find_map(|j| {
-            let live = matches!(j.view.status, JobStatus::Pending | JobStatus::Running);
-            (live && j.tenant == tenant && j.user_id == user && j.content_hash == hash).then(|| j.view.clone())
-        });
+        let running = self.jobs.find_live(tenant, user, hash);
         if let Some(view) = running {
             return Ok(Some(Ingested::Started(view)));
         }
@@ -251,64 +205,92 @@ impl Documents {
             .map(Ingested::Existing))
     }
 
-    fn start_job(&self, prepared: Prepared) -> JobView {
-        let view = JobView {
-            id: Ulid::new(),
-            status: JobStatus::Pending,
-            done: 0,
-            total: prepared.chunks.len(),
-            document_id: prepared.id,
-            error: None,
+    async fn start_job(&self, prepared: Prepared) -> Result<JobView, MemoryError> {
+        let record = IngestJob {
+            scope: Some(Scope::user(prepared.tenant.clone(), prepared.doc.user_id.clone())),
+            document_id: prepared.id.to_bytes().to_vec().into(),
+            title: prepared.doc.title.clone(),
+            source_name: prepared.doc.source_name.clone(),
+            mime: prepared.doc.mime.clone(),
+            metadata_json: match &prepared.doc.metadata {
+                Value::Null => String::new(),
+                m => m.to_string(),
+            },
+            text: prepared.doc.text.clone(),
+            ..Default::default()
         };
-        {
-            let mut jobs = self.jobs.lock();
-            let now = now_ms();
-            jobs.retain(|_, j| j.finished_at_ms.is_none_or(|t| now - t < JOB_RETENTION_MS));
-            jobs.insert(
-                view.id,
-                Job {
-                    view: view.clone(),
-                    tenant: prepared.tenant.clone(),
-                    user_id: prepared.doc.user_id.clone(),
-                    content_hash: prepared.hash,
-                    finished_at_ms: None,
-                },
-            );
-        }
-        let (this, id) = (self.clone(), view.id);
-        tokio::spawn(async move {
-            this.update_job(id, |v| v.status = JobStatus::Running);
-            let progress = |done: usize| this.update_job(id, |v| v.done = done);
-            let outcome = this.embed_and_store(prepared, progress).await;
-            let finished = now_ms();
-            let mut jobs = this.jobs.lock();
-            if let Some(job) = jobs.get_mut(&id) {
-                job.finished_at_ms = Some(finished);
-                match outcome {
-                    Ok(_) => job.view.status = JobStatus::Done,
-                    Err(e) => {
-                        tracing::warn!(job = %id, error = %e, "document job failed");
-                        job.view.status = JobStatus::Failed;
-                        job.view.error = Some(e.to_string());
-                    }
-                }
-            }
-        });
-        view
+        let (jobs, total, hash) = (self.jobs.clone(), prepared.chunks.len(), prepared.hash);
+        let view = blocking(move || jobs.open(record, total, hash)).await?;
+        self.run_job(view.id, prepared);
+        Ok(view)
     }
 
-    fn update_job(&self, id: Ulid, f: impl FnOnce(&mut JobView)) {
-        if let Some(job) = self.jobs.lock().get_mut(&id) {
-            f(&mut job.view);
+    /// Embeds and stores a job's document in the background, keeping the book current.
+    fn run_job(&self, id: Ulid, prepared: Prepared) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = this.embed_and_store(prepared, |done| this.jobs.progress(id, done)).await;
+            let outcome = outcome.map(|_| ()).map_err(|e| {
+                tracing::warn!(job = %id, error = %e, "document job failed");
+                e.to_string()
+            });
+            let jobs = this.jobs.clone();
+            if let Err(e) = blocking(move || jobs.finish(id, outcome)).await {
+                tracing::warn!(job = %id, error = %e, "cannot record the end of a document job");
+            }
+        });
+    }
+
+    /// Takes up the jobs a previous run left on record: unfinished ones start again (or
+    /// are closed, when their document got written just before the stop), finished ones
+    /// stay reportable until their retention ends. Call once, at start.
+    pub async fn resume_jobs(&self) -> Result<(), MemoryError> {
+        let (jobs, store) = (self.jobs.clone(), self.memory.store().clone());
+        let records = blocking(move || {
+            jobs.forget_expired()?;
+            store.list_jobs()
+        })
+        .await?;
+        for record in records {
+            let hash = *blake3::hash(record.text.as_bytes()).as_bytes();
+            let view = self.jobs.admit(&record, hash, 0);
+            if view.status != JobStatus::Pending {
+                continue;
+            }
+            let (tenant, user_id) =
+                record.scope.as_ref().map(|s| (s.tenant.clone(), s.user_id.clone())).unwrap_or_default();
+            let (store, doc_id) = (self.memory.store().clone(), view.document_id);
+            let written = blocking(move || store.get_document(&tenant, doc_id)).await?;
+            if written.is_some_and(|d| d.status() == DocumentStatus::Ready) {
+                let jobs = self.jobs.clone();
+                blocking(move || jobs.finish(view.id, Ok(()))).await?;
+                continue;
+            }
+            let doc = NewDocument {
+                title: record.title,
+                text: record.text,
+                source_name: record.source_name,
+                mime: record.mime,
+                user_id,
+                metadata: serde_json::from_str(&record.metadata_json).unwrap_or(Value::Null),
+            };
+            let embedder = self.embedder.clone();
+            let (doc, chunks) = tokio::task::spawn_blocking(move || {
+                let chunks = chunk_text(&doc.text, &CHUNKING, &|s| embedder.count_tokens(s));
+                (doc, chunks)
+            })
+            .await
+            .map_err(|e| MemoryError::Invalid(format!("chunking failed: {e}")))?;
+            let tenant = record.scope.map(|s| s.tenant).unwrap_or_default();
+            tracing::info!(job = %view.id, chunks = chunks.len(), "resuming a document job left unfinished");
+            self.run_job(view.id, Prepared { id: doc_id, tenant, doc, hash, chunks });
         }
+        Ok(())
     }
 
     /// A job of this tenant; another tenant's is reported as absent.
     pub fn job(&self, tenant: &str, id: &str) -> Result<JobView, MemoryError> {
-        let missing = || MemoryError::NotFound(format!("job {id}"));
-        let ulid: Ulid = id.parse().map_err(|_| missing())?;
-        let jobs = self.jobs.lock();
-        jobs.get(&ulid).filter(|j| j.tenant == tenant).map(|j| j.view.clone()).ok_or_else(missing)
+        self.jobs.get(tenant, id)
     }
 
     /// Embeds the chunks (in batches, reporting how many are done), then stores them and

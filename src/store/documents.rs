@@ -1,4 +1,4 @@
-//! Documents and sessions: the records that group memories.
+//! Documents, sessions and ingestion jobs: the records that group memories or lead to them.
 
 use prost::Message;
 use ulid::Ulid;
@@ -6,7 +6,7 @@ use ulid::Ulid;
 use super::error::{Result, StoreError};
 use super::keys;
 use super::read::hex;
-use super::records::{ulid_from_bytes, Document, Session};
+use super::records::{ulid_from_bytes, Document, IngestJob, Session};
 use super::Store;
 
 fn decode<T: Message + Default>(tree: &'static str, key: &[u8], value: &[u8]) -> Result<T> {
@@ -43,6 +43,32 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Stores (or replaces) an ingestion job's record, durably.
+    pub fn put_job(&self, job: &IngestJob) -> Result<()> {
+        let id: [u8; 16] =
+            job.id.as_ref().try_into().map_err(|_| StoreError::Invalid("job id must be 16 bytes".into()))?;
+        self.trees.jobs.insert(id, job.encode_to_vec())?;
+        self.flush()
+    }
+
+    /// An ingestion job's record.
+    pub fn get_job(&self, id: Ulid) -> Result<Option<IngestJob>> {
+        let key = id.to_bytes();
+        self.trees.jobs.get(key)?.map(|v| decode("jobs", &key, &v)).transpose()
+    }
+
+    /// Every ingestion job on record, oldest first (all tenants: the service resumes
+    /// them at start).
+    pub fn list_jobs(&self) -> Result<Vec<IngestJob>> {
+        self.trees.jobs.iter().map(|item| item.map_err(Into::into).and_then(|(k, v)| decode("jobs", &k, &v))).collect()
+    }
+
+    /// Forgets a job's record.
+    pub fn delete_job(&self, id: Ulid) -> Result<()> {
+        self.trees.jobs.remove(id.to_bytes())?;
+        Ok(())
     }
 
     /// The ids of a document's chunks, from the `by_document` index.
@@ -118,7 +144,7 @@ impl Store {
         Ok(existed)
     }
 
-    /// Removes the sessions and documents a user owns (their entries are deleted by the
+    /// Removes the sessions, documents and ingestion jobs a user owns (their entries are deleted by the
     /// caller through the scope index).
     pub(super) fn delete_owned_records(&self, tenant: &str, user_id: &str) -> Result<()> {
         let owned =
@@ -134,6 +160,14 @@ impl Store {
             if owned(doc.scope.as_ref()) {
                 if let Some(id) = ulid_from_bytes(&doc.id) {
                     self.delete_document(tenant, id)?;
+                }
+            }
+        }
+        // Job records hold a document's text until the job ends.
+        for job in self.list_jobs()? {
+            if owned(job.scope.as_ref()) {
+                if let Some(id) = ulid_from_bytes(&job.id) {
+                    self.delete_job(id)?;
                 }
             }
         }

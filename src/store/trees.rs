@@ -24,6 +24,8 @@ pub struct Trees {
     pub documents: Tree,
     /// tenant, session id → `Session`.
     pub sessions: Tree,
+    /// job id (16-byte ULID) → `IngestJob`: document ingestions in the background.
+    pub jobs: Tree,
 }
 
 pub const DIMENSION_KEY: &[u8] = b"dimension";
@@ -40,6 +42,7 @@ impl Trees {
             points: db.open_tree("points")?,
             documents: db.open_tree("documents")?,
             sessions: db.open_tree("sessions")?,
+            jobs: db.open_tree("jobs")?,
         })
     }
 
