@@ -45,6 +45,22 @@ means that another process has locked the vault.
 Your notes are encrypted at rest with AES-256, and the encryption keys never leave your device.
 ";
 
+/// Polls an acme job until it is done (failing on `failed`, a 404 or a minute's wait)
+/// and returns its last report.
+fn wait_for_job(server: &Server, job: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, report) = server.call("GET", &format!("/v1/jobs/{job}"), ACME, None);
+        assert_eq!(status, 200, "{report}");
+        assert_ne!(report["status"], "failed", "{report}");
+        if report["status"] == "done" {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {report}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn texts(found: &Value) -> Vec<String> {
     found["results"].as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap().to_owned()).collect()
 }
@@ -231,17 +247,7 @@ fn documents_are_chunked_searchable_idempotent_scoped_and_deletable() {
     let job = started["job_id"].as_str().unwrap().to_owned();
     let big_id = started["document_id"].as_str().unwrap().to_owned();
     assert_eq!(server.call("GET", &format!("/v1/jobs/{job}"), GLOBEX, None).0, 404);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let report = loop {
-        let (status, report) = server.call("GET", &format!("/v1/jobs/{job}"), ACME, None);
-        assert_eq!(status, 200, "{report}");
-        assert_ne!(report["status"], "failed", "{report}");
-        if report["status"] == "done" {
-            break report;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {report}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let report = wait_for_job(&server, &job);
     let total = report["progress"]["total"].as_u64().unwrap();
     assert!(total > 32, "{report}");
     assert_eq!(report["progress"]["done"].as_u64(), Some(total));
@@ -285,17 +291,7 @@ fn a_job_cut_off_by_a_crash_resumes_after_restart() {
 
     let server = Server::start(dir.path(), &env);
     server.wait_ready();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let report = loop {
-        let (status, report) = server.call("GET", &format!("/v1/jobs/{job}"), ACME, None);
-        assert_eq!(status, 200, "the job is remembered: {report}");
-        assert_ne!(report["status"], "failed", "{report}");
-        if report["status"] == "done" {
-            break report;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {report}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let report = wait_for_job(&server, &job);
     let total = report["progress"]["total"].as_u64().unwrap();
     let (status, read) = server.call("GET", &doc_path, ACME, None);
     assert_eq!((status, read["status"].as_str(), read["chunks"].as_u64()), (200, Some("ready"), Some(total)));

@@ -174,19 +174,24 @@ impl Documents {
         if let Some(found) = self.find_existing(tenant, &doc.user_id, hash).await? {
             return Ok(found);
         }
-        // Token counting over a long text is real work: off the async workers.
-        let embedder = self.embedder.clone();
-        let (doc, chunks) = tokio::task::spawn_blocking(move || {
-            let chunks = chunk_text(&doc.text, &CHUNKING, &|s| embedder.count_tokens(s));
-            (doc, chunks)
-        })
-        .await
-        .map_err(|e| MemoryError::Invalid(format!("chunking failed: {e}")))?;
+        let (doc, chunks) = self.chunk(doc).await?;
         let prepared = Prepared { id: self.memory.store().new_id(), tenant: tenant.to_owned(), doc, hash, chunks };
         if prepared.chunks.len() <= SYNC_CHUNK_LIMIT {
             return Ok(Ingested::Stored(self.embed_and_store(prepared, |_| {}).await?));
         }
         Ok(Ingested::Started(self.start_job(prepared).await?))
+    }
+
+    /// Splits a document into chunks by the embedder's token count. Counting over a long
+    /// text is real work: off the async workers.
+    async fn chunk(&self, doc: NewDocument) -> Result<(NewDocument, Vec<Chunk>), MemoryError> {
+        let embedder = self.embedder.clone();
+        tokio::task::spawn_blocking(move || {
+            let chunks = chunk_text(&doc.text, &CHUNKING, &|s| embedder.count_tokens(s));
+            (doc, chunks)
+        })
+        .await
+        .map_err(|e| MemoryError::Invalid(format!("chunking failed: {e}")))
     }
 
     /// The tenant+user's document with this text, or the job now ingesting it.
@@ -274,13 +279,7 @@ impl Documents {
                 user_id,
                 metadata: serde_json::from_str(&record.metadata_json).unwrap_or(Value::Null),
             };
-            let embedder = self.embedder.clone();
-            let (doc, chunks) = tokio::task::spawn_blocking(move || {
-                let chunks = chunk_text(&doc.text, &CHUNKING, &|s| embedder.count_tokens(s));
-                (doc, chunks)
-            })
-            .await
-            .map_err(|e| MemoryError::Invalid(format!("chunking failed: {e}")))?;
+            let (doc, chunks) = self.chunk(doc).await?;
             let tenant = record.scope.map(|s| s.tenant).unwrap_or_default();
             tracing::info!(job = %view.id, chunks = chunks.len(), "resuming a document job left unfinished");
             self.run_job(view.id, Prepared { id: doc_id, tenant, doc, hash, chunks });
