@@ -55,7 +55,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     if let Some(embedder) = engine.embedder.clone() {
         let documents = Documents::new(memory.clone(), embedder);
-        documents.resume_jobs().await.context("resuming the document jobs left unfinished")?;
+        // Serving matters more than an old job: a record that cannot be read is reported,
+        // and the upload can be repeated.
+        if let Err(e) = documents.resume_jobs().await {
+            tracing::error!(error = %e, "cannot resume the document jobs left unfinished");
+        }
         state.set_documents(documents);
     }
     state.set_memory(memory);
