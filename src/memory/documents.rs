@@ -258,7 +258,7 @@ impl Documents {
         .await?;
         for record in records {
             let hash = *blake3::hash(record.text.as_bytes()).as_bytes();
-            let view = self.jobs.admit(&record, hash, 0);
+            let view = self.jobs.admit(&record, hash);
             if view.status != JobStatus::Pending {
                 continue;
             }

@@ -88,12 +88,12 @@ impl JobBook {
         record.created_at_ms = now_ms();
         self.forget_expired()?;
         self.store.put_job(&record)?;
-        Ok(self.admit(&record, content_hash, 0))
+        Ok(self.admit(&record, content_hash))
     }
 
     /// Puts a stored record in the book (at open, or when resuming after a restart) and
     /// returns its view; a resumed job starts over from chunk 0.
-    pub fn admit(&self, record: &IngestJob, content_hash: [u8; 32], done: usize) -> JobView {
+    pub fn admit(&self, record: &IngestJob, content_hash: [u8; 32]) -> JobView {
         let (tenant, user_id) =
             record.scope.as_ref().map(|s| (s.tenant.clone(), s.user_id.clone())).unwrap_or_default();
         let status = match record.state() {
@@ -104,7 +104,7 @@ impl JobBook {
         let view = JobView {
             id: ulid_from_bytes(&record.id).unwrap_or_default(),
             status,
-            done,
+            done: if status == JobStatus::Done { record.total as usize } else { 0 },
             total: record.total as usize,
             document_id: ulid_from_bytes(&record.document_id).unwrap_or_default(),
             error: (!record.error.is_empty()).then(|| record.error.clone()),

@@ -203,10 +203,11 @@ impl LexicalIndex {
         if k == 0 || self.docs.is_empty() {
             return Vec::new();
         }
+        let avgdl = self.avgdl();
         let mut scores: HashMap<u64, f64> = HashMap::new();
         for (list, idf) in self.query_terms(query) {
             for (&doc, &tf) in list {
-                *scores.entry(doc).or_insert(0.0) += self.term_score(idf, tf, doc);
+                *scores.entry(doc).or_insert(0.0) += self.term_score(idf, tf, doc, avgdl);
             }
         }
 
@@ -225,13 +226,13 @@ impl LexicalIndex {
     /// term with the query), in the order given. Hybrid search uses it to give the dense
     /// side's finds the lexical score they would have had, instead of none.
     pub fn score(&self, query: &str, docs: &[u64]) -> Vec<(u64, f32)> {
-        let terms = self.query_terms(query);
+        let (terms, avgdl) = (self.query_terms(query), self.avgdl());
         docs.iter()
             .filter(|d| self.docs.contains_key(d))
             .map(|&doc| {
                 let s: f64 = terms
                     .iter()
-                    .filter_map(|(list, idf)| list.get(&doc).map(|&tf| self.term_score(*idf, tf, doc)))
+                    .filter_map(|(list, idf)| list.get(&doc).map(|&tf| self.term_score(*idf, tf, doc, avgdl)))
                     .sum();
                 (doc, s as f32)
             })
@@ -265,11 +266,20 @@ impl LexicalIndex {
         (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
     }
 
+    /// The average document length (0 for an empty index). Computed once per query: the
+    /// scoring loop runs once per posting.
+    fn avgdl(&self) -> f64 {
+        if self.docs.is_empty() {
+            0.0
+        } else {
+            self.total_len as f64 / self.docs.len() as f64
+        }
+    }
+
     /// One term's BM25 contribution to `doc`, where it occurs `tf` times.
-    fn term_score(&self, idf: f64, tf: u32, doc: u64) -> f64 {
+    fn term_score(&self, idf: f64, tf: u32, doc: u64, avgdl: f64) -> f64 {
         let (k1, b) = (f64::from(self.params.k1), f64::from(self.params.b));
         // avgdl > 0 here: a posting exists, so some document has a token.
-        let avgdl = self.total_len as f64 / self.docs.len() as f64;
         let (tf, dl) = (f64::from(tf), f64::from(self.docs[&doc].len));
         idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl / avgdl))
     }

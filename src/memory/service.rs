@@ -131,6 +131,7 @@ impl MemoryService {
 
     /// Keeps the lexical index in step with entries written elsewhere (documents,
     /// chat write-back).
+    ///
     /// Call it after the session a turn came from is stored, so that the turn's context
     /// (the turn before it) is indexed with it.
     pub fn note_written(&self, entries: &[MemoryEntry]) {
