@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::inference::async_stream;
 use super::memories::{parse_time, rfc3339};
 use super::AppState;
@@ -40,7 +40,7 @@ pub struct ChatRequest {
 pub async fn chat(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-    Json(req): Json<ChatRequest>,
+    ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let chat = state.ready_chat()?.clone();
     let turn = ChatTurn {
@@ -198,7 +198,7 @@ pub async fn import_messages(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-    Json(req): Json<ImportRequest>,
+    ApiJson(req): ApiJson<ImportRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let memory = state.ready_memory()?.clone();
     let mut messages = Vec::with_capacity(req.messages.len());

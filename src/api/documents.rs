@@ -12,24 +12,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::memories::rfc3339;
 use super::AppState;
-use crate::memory::documents::{
-    document_id, document_user, extract_text, ExtractError, Ingested, JobView, NewDocument,
-};
+use crate::memory::documents::{document_id, document_user, extract_text, Ingested, JobView, NewDocument};
 use crate::store::records::{Document, DocumentStatus};
-
-impl From<ExtractError> for ApiError {
-    fn from(e: ExtractError) -> Self {
-        match e {
-            ExtractError::Unsupported(m) => {
-                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m)
-            }
-            ExtractError::Invalid(m) => ApiError::bad_request(m),
-        }
-    }
-}
 
 /// A document as the API shows it.
 fn document_json(d: &Document) -> Value {
@@ -153,9 +140,7 @@ pub async fn create(
             .map_err(|r| ApiError::new(r.status(), "invalid_request", r.body_text()))?;
         from_multipart(form).await?
     } else {
-        let Json(body) = Json::<CreateDocument>::from_request(req, &state)
-            .await
-            .map_err(|r| ApiError::new(r.status(), "invalid_request", r.body_text()))?;
+        let ApiJson(body) = ApiJson::<CreateDocument>::from_request(req, &state).await?;
         from_json(body)?
     };
     Ok(match documents.ingest(&tenant, new).await? {

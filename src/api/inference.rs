@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,23 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::model::generator::{FinishReason, GenerateRequest, GenerationEvent, GenerationSummary};
 use crate::model::sampling::SamplingParams;
-use crate::model::EngineError;
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        let status = match &e {
-            EngineError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
-            EngineError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
-            EngineError::Load { .. } | EngineError::Runtime { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, super::error::code_for(status), e.to_string())
-    }
-}
 
 /// A string or a list of strings, as OpenAI's `input`, `prompt` and `stop` accept.
 #[derive(Debug, Deserialize)]
@@ -70,7 +56,7 @@ const MAX_INPUTS: usize = 2048;
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     _: Tenant,
-    Json(req): Json<EmbeddingsRequest>,
+    ApiJson(req): ApiJson<EmbeddingsRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let engine = state.ready_engine()?;
     let embedder = engine.embedder.as_ref().ok_or_else(|| ApiError::not_found("no embedding model is configured"))?;
@@ -156,7 +142,7 @@ fn stop_list(stop: Option<OneOrMany>) -> Result<Vec<String>, ApiError> {
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     _: Tenant,
-    Json(req): Json<CompletionRequest>,
+    ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = state.ready_engine()?;
     let generator = engine.generator.as_ref().ok_or_else(|| ApiError::not_found("no chat model is configured"))?;

@@ -10,23 +10,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::memory::ranking::Mode;
-use crate::memory::service::{MemoryError, MemoryPatch, NewMemory, SearchQuery};
+use crate::memory::service::{MemoryPatch, NewMemory, SearchQuery};
 use crate::store::records::{memory_entry::Source, ulid_from_bytes, Kind, MemoryEntry};
-
-impl From<MemoryError> for ApiError {
-    fn from(e: MemoryError) -> Self {
-        match e {
-            MemoryError::Store(e) => e.into(),
-            MemoryError::Engine(e) => e.into(),
-            MemoryError::Invalid(m) => ApiError::bad_request(m),
-            MemoryError::NotFound(m) => ApiError::not_found(m),
-            MemoryError::NoEmbedder => ApiError::unavailable("no embedding model is configured"),
-        }
-    }
-}
 
 /// Milliseconds since the epoch as RFC 3339 (UTC).
 pub fn rfc3339(ms: i64) -> Value {
@@ -106,7 +94,7 @@ pub struct AddMemory {
 pub async fn add(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-    Json(req): Json<AddMemory>,
+    ApiJson(req): ApiJson<AddMemory>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let memory = state.ready_memory()?;
     let new = NewMemory {
@@ -187,7 +175,7 @@ pub async fn patch(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-    Json(req): Json<PatchMemory>,
+    ApiJson(req): ApiJson<PatchMemory>,
 ) -> Result<Json<Value>, ApiError> {
     let patch = MemoryPatch { text: req.text, metadata: req.metadata, importance: req.importance };
     Ok(Json(memory_json(&state.ready_memory()?.update(&tenant, &id, patch).await?)))
@@ -237,7 +225,7 @@ pub struct SearchFilters {
 pub async fn search(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-    Json(req): Json<SearchRequest>,
+    ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let memory = state.ready_memory()?;
     let filters = req.filters.unwrap_or_default();

@@ -1,5 +1,6 @@
 //! Cross-cutting HTTP layers: request ids, a tracing span per request, body limit,
-//! timeout, CORS, and turning every error response into the one JSON error shape.
+//! timeout, CORS, a panic in a handler turned into a 500, and every error response
+//! turned into the one JSON error shape.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -31,6 +33,7 @@ pub fn apply(router: Router, config: &ServerConfig) -> Result<Router, String> {
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
@@ -61,6 +64,18 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
             .allow_methods(tower_http::cors::Any)
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
     ))
+}
+
+/// A handler that panicked: the panic is logged (inside the request's span, with its
+/// id) and the client gets a 500 in the usual shape. The process carries on.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    tracing::error!(panic = %what, "a request handler panicked");
+    ApiError::internal("internal error: the request failed unexpectedly (logged on the server)").into_response()
 }
 
 /// Error responses made below our handlers (no route, wrong method, body too large,
@@ -146,6 +161,26 @@ mod tests {
         let (status, _, body) = call(Request::get("/slow").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(error_code(&body), "timeout");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_json_500() {
+        let routes = Router::new().route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("kaboom");
+                }
+                "unreachable"
+            }),
+        );
+        let app = apply(routes, &config()).unwrap();
+        let res = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(error_code(&body), "internal");
+        assert_eq!(body["error"]["type"], "server_error");
     }
 
     #[tokio::test]

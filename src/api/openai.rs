@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::auth::Tenant;
 use super::chat::stream_turn;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::memory::chat::{ChatOutcome, ChatTurn};
 use crate::store::records::now_ms;
@@ -69,7 +69,7 @@ pub struct ChatCompletionRequest {
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-    Json(req): Json<ChatCompletionRequest>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let chat = state.ready_chat()?.clone();
     let user_id = req.user.clone().filter(|u| !u.is_empty()).ok_or_else(|| {

@@ -59,6 +59,9 @@ pub enum ExtractError {
     /// A file of a known type that could not be read (HTTP 400).
     #[error("{0}")]
     Invalid(String),
+    /// A file whose text is over the configured limit (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// What an ingestion did.

@@ -25,10 +25,19 @@ pub enum MemoryError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Invalid(String),
+    /// A field over one of the configured limits (HTTP 413).
+    #[error("{message}")]
+    TooLarge { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(String),
+    /// The request raced a delete or erase that wins: nothing was written (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("no embedding model is configured")]
     NoEmbedder,
+    /// A bug or a failed background task (HTTP 500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A memory to add.
@@ -97,7 +106,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, MemoryError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| MemoryError::Invalid(format!("store task failed: {e}")))?
+        .map_err(|e| MemoryError::Internal(format!("store task failed: {e}")))?
         .map_err(Into::into)
 }
 

@@ -8,6 +8,10 @@ pub enum StoreError {
     /// The caller sent something the store cannot accept (wrong dimension, empty text…).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A guarded write found the state it was guarded on changed (the user was erased,
+    /// the session deleted or advanced by another writer): nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     /// A record that should exist does not.
     #[error("{0} not found")]
     NotFound(String),
