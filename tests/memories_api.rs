@@ -72,9 +72,11 @@ fn memories_are_scoped_searchable_editable_and_erasable() {
         assert_eq!(status, 200, "{mode}: {found}");
         assert_eq!(texts(&found), vec![facts[3].1], "{mode}");
     }
-    let (status, _) =
+    let (status, refused) =
         server.call("POST", "/v1/memories/search", ACME, Some(&json!({ "query": "x", "mode": "psychic" })));
-    assert_eq!(status, 422);
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["param"], "mode", "{refused}");
+    assert_eq!(refused["error"]["type"], "invalid_request_error", "{refused}");
     // Filters: metadata equality, created_at range, minimum score.
     let filtered = json!({ "query": "tea", "user_id": "alice", "filters": { "metadata": { "source": "crm" } } });
     assert!(texts(&server.call("POST", "/v1/memories/search", ACME, Some(&filtered)).1).is_empty());
