@@ -49,7 +49,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     state.set_store(store.clone());
     let engine = loading.await??;
     let (memory_store, embedder, weights) = (store.clone(), engine.embedder.clone(), settings.retrieval.clone());
-    let memory = tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights)).await??;
+    let limits = settings.limits.clone();
+    let memory =
+        tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights, limits)).await??;
     if let Some(generator) = engine.generator.clone().filter(|_| engine.embedder.is_some()) {
         state.set_chat(Chat::new(memory.clone(), generator, settings.chat.clone()));
     }

@@ -15,9 +15,8 @@ use super::error::{ApiError, ApiJson};
 use super::inference::async_stream;
 use super::memories::{parse_time, rfc3339};
 use super::AppState;
-use crate::memory::chat::{Chat, ChatOutcome, ChatTurn, PreparedTurn};
+use crate::memory::chat::{Chat, ChatEvent, ChatOutcome, ChatTurn, PreparedTurn};
 use crate::memory::sessions::ImportedMessage;
-use crate::model::generator::GenerationEvent;
 use crate::store::records::Session;
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +59,6 @@ pub async fn chat(
     let prepared = chat.prepare(&tenant, turn).await?;
     let stream = stream_turn(
         chat,
-        tenant,
         prepared,
         |text| Event::default().data(json!({ "delta": text }).to_string()),
         |outcome| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
@@ -85,48 +83,34 @@ fn outcome_json(outcome: &ChatOutcome) -> Value {
 
 /// Streams a prepared turn: `piece` makes the event for each text delta, `last` the
 /// closing events once the exchange is written back. A client that disconnects drops
-/// the generation (and nothing is written back for a reply it never got).
+/// the turn (and nothing is written back for a reply it never got).
 pub async fn stream_turn(
     chat: Chat,
-    tenant: String,
     prepared: PreparedTurn,
     piece: impl Fn(&str) -> Event + Send + 'static,
     last: impl Fn(&ChatOutcome) -> Vec<Event> + Send + 'static,
 ) -> Result<impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>>, ApiError> {
-    let started = std::time::Instant::now();
-    let mut events = chat.generator().generate(prepared.request.clone()).await?;
+    let mut events = chat.stream(prepared).await?;
     Ok(async_stream(move |tx| async move {
-        let mut reply = String::new();
         while let Some(event) = events.recv().await {
-            match event {
-                GenerationEvent::Text(t) => {
-                    reply.push_str(&t);
-                    if tx.send(piece(&t)).await.is_err() {
-                        return;
-                    }
-                }
-                GenerationEvent::Done(summary) => {
-                    let ms = started.elapsed().as_millis() as u64;
-                    let closing = match chat.finish(&tenant, prepared, reply, summary, ms).await {
-                        Ok(outcome) => last(&outcome),
-                        Err(e) => vec![error_event(&e.to_string())],
-                    };
-                    for event in closing {
-                        let _ = tx.send(event).await;
-                    }
-                    return;
-                }
-                GenerationEvent::Failed(reason) => {
-                    let _ = tx.send(error_event(&reason)).await;
-                    return;
+            let out = match event {
+                ChatEvent::Delta(t) => vec![piece(&t)],
+                ChatEvent::Done(outcome) => last(&outcome),
+                ChatEvent::Failed(e) => vec![error_event(ApiError::from(e))],
+            };
+            for event in out {
+                if tx.send(event).await.is_err() {
+                    return; // the client left; dropping `events` cancels the turn
                 }
             }
         }
     }))
 }
 
-fn error_event(message: &str) -> Event {
-    Event::default().event("error").data(json!({ "error": { "code": "internal", "message": message } }).to_string())
+/// An error after the stream began, in the API's error shape.
+fn error_event(e: ApiError) -> Event {
+    let body = json!({ "error": { "code": e.code, "message": e.message, "param": e.param } });
+    Event::default().event("error").data(body.to_string())
 }
 
 fn session_json(s: &Session) -> Value {

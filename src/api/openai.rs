@@ -133,7 +133,6 @@ pub async fn chat_completions(
     let piece_chunk = chunk.clone();
     let stream = stream_turn(
         chat,
-        tenant,
         prepared,
         move |text| Event::default().data(piece_chunk(json!({ "content": text }), Value::Null).to_string()),
         move |outcome| {

@@ -5,23 +5,41 @@
 //! and as an episodic memory (long-term). A session whose recent turns pass the limit
 //! has its oldest half condensed by the model into the rolling summary, which is also
 //! stored as a `summary` memory: older turns are compressed, never silently dropped.
+//!
+//! One pipeline serves every caller: [`Chat::prepare`] then [`Chat::stream`], a stream
+//! of [`ChatEvent`]s (text deltas, then the outcome once written back); [`Chat::turn`]
+//! collects it, the HTTP layer forwards it as server-sent events.
+//!
+//! Guarantees:
+//! - turns of one session run one at a time (the session's lock is held from `prepare`
+//!   to the end of the write-back), so concurrent turns each keep their exchange;
+//! - the write-back is one guarded commit — session turns, episodic memory, access
+//!   counts — that fails, writing nothing, if the user was erased or the session deleted
+//!   since the turn began;
+//! - a caller that goes away before the reply is complete gets nothing written back.
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use ulid::Ulid;
 
+use super::compression::summary_prompt;
 use super::context::{self, AssembledContext, ContextRequest};
+use super::keyed_lock::KeyGuard;
 use super::ranking::Mode;
-use super::service::{blocking, MemoryError, MemoryService, NewMemory, SearchQuery};
-use crate::model::chat_template::ChatMessage;
-use crate::model::generator::{GenerateRequest, GenerationSummary};
+use super::service::{blocking, MemoryError, MemoryService, SearchQuery};
+use super::sessions::session_digest;
+use crate::model::generator::{GenerateRequest, GenerationEvent, GenerationSummary};
 use crate::model::sampling::SamplingParams;
 use crate::model::Generator;
 use crate::store::records::{
-    memory_entry::Source, now_ms, ulid_from_bytes, Kind, MemoryEntry, Session, SessionSource, Turn,
+    memory_entry::Source, now_ms, ulid_from_bytes, Kind, MemoryEntry, Scope, Session, SessionSource, Turn,
 };
-use crate::store::StoreError;
+use crate::store::{NewEntry, Precondition, SessionWrite, StoreError, WriteBatch};
+
+/// The most tokens a rolling summary may take.
+const SUMMARY_MAX_TOKENS: usize = 160;
 
 /// `[chat]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,17 +62,22 @@ pub struct ChatTurn {
     pub message: String,
     pub max_tokens: Option<usize>,
     pub temperature: Option<f32>,
-    /// Earlier (role, content) turns the client keeps itself (OpenAI-style requests):
-    /// they seed a new session's history. Ignored for a session that has turns.
+    /// Earlier (role, content) turns the client keeps itself (OpenAI-style requests).
+    /// Without a `session_id`, the user's session holding exactly these turns is
+    /// continued; when there is none, they seed a new session's history.
     pub prior_turns: Vec<(String, String)>,
     /// The client's own system prompt for this turn, in place of the configured one.
     pub system_prompt: Option<String>,
 }
 
-/// A turn ready to generate: its session, the memories chosen and the prompt.
+/// A turn ready to generate: its session, the memories chosen and the prompt. Holds the
+/// session's lock until the turn ends.
 pub struct PreparedTurn {
     turn: ChatTurn,
     session: Session,
+    /// Guards the write-back against an erase of the user meanwhile.
+    erase_guard: Precondition,
+    _session_lock: KeyGuard,
     pub session_id: String,
     pub memories: Vec<UsedMemory>,
     pub context: AssembledContext,
@@ -84,6 +107,15 @@ pub struct ChatOutcome {
     pub generate_ms: u64,
 }
 
+/// What [`Chat::stream`] yields: text as it is generated, then exactly one of
+/// `Done` (the exchange is written back) or `Failed`.
+#[derive(Debug)]
+pub enum ChatEvent {
+    Delta(String),
+    Done(Box<ChatOutcome>),
+    Failed(MemoryError),
+}
+
 /// See the module documentation.
 #[derive(Clone)]
 pub struct Chat {
@@ -104,22 +136,38 @@ impl Chat {
     /// Runs one turn to the end.
     pub async fn turn(&self, tenant: &str, turn: ChatTurn) -> Result<ChatOutcome, MemoryError> {
         let prepared = self.prepare(tenant, turn).await?;
-        let started = Instant::now();
-        let (reply, generation) = self.generator.generate_text(prepared.request.clone()).await?;
-        let generate_ms = started.elapsed().as_millis() as u64;
-        self.finish(tenant, prepared, reply, generation, generate_ms).await
+        let mut events = self.stream(prepared).await?;
+        while let Some(event) = events.recv().await {
+            match event {
+                ChatEvent::Delta(_) => {}
+                ChatEvent::Done(outcome) => return Ok(*outcome),
+                ChatEvent::Failed(e) => return Err(e),
+            }
+        }
+        Err(MemoryError::Internal("the chat turn ended without an outcome".into()))
     }
 
-    /// Retrieves, and assembles the prompt: everything before generation.
-    pub async fn prepare(&self, tenant: &str, turn: ChatTurn) -> Result<PreparedTurn, MemoryError> {
+    /// Retrieves, and assembles the prompt: everything before generation. Waits for the
+    /// session's earlier turns to finish first.
+    pub async fn prepare(&self, tenant: &str, mut turn: ChatTurn) -> Result<PreparedTurn, MemoryError> {
         if turn.user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));
         }
         if turn.message.trim().is_empty() {
             return Err(MemoryError::Invalid("message is empty".into()));
         }
+        let limits = self.memory.limits();
+        limits.check_len("message", &turn.message, limits.message_bytes, "message_bytes")?;
+        if turn.session_id.is_none() && !turn.prior_turns.is_empty() {
+            // A client re-sending the whole conversation continues the session it is.
+            let found = self.memory.find_session_by_turns(tenant, &turn.user_id, &turn.prior_turns).await?;
+            turn.session_id = found.map(|s| s.id);
+        }
+        let session_id = turn.session_id.clone().unwrap_or_else(|| Ulid::new().to_string());
+        let session_lock = self.memory.lock_session(tenant, &session_id).await;
+        let erase_guard = self.memory.erase_guard(tenant, &turn.user_id).await?;
         let mut session =
-            self.memory.open_session(tenant, &turn.user_id, &turn.agent_id, turn.session_id.clone()).await?;
+            self.memory.open_session(tenant, &turn.user_id, &turn.agent_id, Some(session_id.clone())).await?;
         if session.turns.is_empty() {
             let now = now_ms();
             session.turns = turn
@@ -134,24 +182,7 @@ impl Chat {
                 .collect();
         }
         let started = Instant::now();
-        let found = self
-            .memory
-            .search(
-                tenant,
-                SearchQuery {
-                    query: turn.message.clone(),
-                    user_id: Some(turn.user_id.clone()),
-                    session_id: None,
-                    kinds: Vec::new(),
-                    k: self.config.retrieve_k.max(1),
-                    min_score: self.config.min_score,
-                    metadata: Default::default(),
-                    created_after_ms: None,
-                    created_before_ms: None,
-                    mode: Mode::Hybrid,
-                },
-            )
-            .await?;
+        let found = self.memory.search(tenant, self.retrieval_query(&turn)).await?;
         // Turns still in the session's short-term memory are in the window already.
         let in_window = |e: &MemoryEntry| match &e.source {
             Some(Source::Session(s)) => s.session_id == session.id && s.turn_index >= session.summarized_turns,
@@ -171,24 +202,35 @@ impl Chat {
                 score: f.score,
             })
             .collect();
-        let recent: Vec<context::Turn> = session.turns[session.summarized_turns as usize..]
+        let recent: Vec<context::Turn> = session
+            .turns
             .iter()
+            .skip(session.summarized_turns as usize)
             .map(|t| context::Turn { role: t.role.clone(), content: t.content.clone() })
             .collect();
         let max_tokens = turn.max_tokens.unwrap_or(self.config.max_tokens);
         let window = self.config.context_tokens.min(self.generator.info().context_length);
-        let assembled = context::assemble(
-            &ContextRequest {
-                system_prompt: turn.system_prompt.as_deref().unwrap_or(&self.config.system_prompt),
-                memories: &memories,
-                rolling_summary: Some(session.rolling_summary.as_str()),
-                recent_turns: &recent,
-                message: &turn.message,
-                context_window: window,
-                reply_reserve: max_tokens.min(window / 2),
-            },
-            &self.generator,
-        )
+        let system_prompt = turn.system_prompt.clone().unwrap_or_else(|| self.config.system_prompt.clone());
+        let (generator, summary, message) =
+            (self.generator.clone(), session.rolling_summary.clone(), turn.message.clone());
+        // Rendering and counting tokens over a long history is real work: off the
+        // async workers.
+        let assembled = tokio::task::spawn_blocking(move || {
+            context::assemble(
+                &ContextRequest {
+                    system_prompt: &system_prompt,
+                    memories: &memories,
+                    rolling_summary: Some(summary.as_str()),
+                    recent_turns: &recent,
+                    message: &message,
+                    context_window: window,
+                    reply_reserve: max_tokens.min(window / 2),
+                },
+                &generator,
+            )
+        })
+        .await
+        .map_err(|e| MemoryError::Internal(format!("assembling the prompt failed: {e}")))?
         .map_err(|e| MemoryError::Invalid(e.to_string()))?;
 
         let sampling = match turn.temperature {
@@ -210,6 +252,8 @@ impl Chat {
             session_id: session.id.clone(),
             turn,
             session,
+            erase_guard,
+            _session_lock: session_lock,
             memories,
             context: assembled,
             request,
@@ -217,126 +261,177 @@ impl Chat {
         })
     }
 
+    /// The search a turn runs over the user's long-term memory.
+    fn retrieval_query(&self, turn: &ChatTurn) -> SearchQuery {
+        SearchQuery {
+            query: turn.message.clone(),
+            user_id: Some(turn.user_id.clone()),
+            session_id: None,
+            kinds: Vec::new(),
+            k: self.config.retrieve_k.max(1),
+            min_score: self.config.min_score,
+            metadata: Default::default(),
+            created_after_ms: None,
+            created_before_ms: None,
+            mode: Mode::Hybrid,
+        }
+    }
+
+    /// Starts generating a prepared turn; the events follow on the returned channel.
+    /// Fails at once when the model refuses the request (queue full, prompt too long).
+    /// Dropping the receiver cancels the turn: the generation stops, nothing is written.
+    pub async fn stream(&self, prepared: PreparedTurn) -> Result<mpsc::Receiver<ChatEvent>, MemoryError> {
+        let started = Instant::now();
+        let mut generation = self.generator.generate(prepared.request.clone()).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let chat = self.clone();
+        tokio::spawn(async move {
+            let mut reply = String::new();
+            while let Some(event) = generation.recv().await {
+                match event {
+                    GenerationEvent::Text(t) => {
+                        reply.push_str(&t);
+                        if tx.send(ChatEvent::Delta(t)).await.is_err() {
+                            return; // the caller left: dropping `generation` stops it
+                        }
+                    }
+                    GenerationEvent::Done(summary) => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        let ms = started.elapsed().as_millis() as u64;
+                        let event = match chat.finish(prepared, reply, summary, ms).await {
+                            Ok(outcome) => ChatEvent::Done(Box::new(outcome)),
+                            Err(e) => ChatEvent::Failed(e),
+                        };
+                        let _ = tx.send(event).await;
+                        return;
+                    }
+                    GenerationEvent::Failed(reason) => {
+                        let err = crate::model::EngineError::Runtime { model: "chat model", reason };
+                        let _ = tx.send(ChatEvent::Failed(err.into())).await;
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(ChatEvent::Failed(crate::model::EngineError::Stopped("chat model").into())).await;
+        });
+        Ok(rx)
+    }
+
     /// Writes the generated reply back and reports the turn.
-    pub async fn finish(
+    async fn finish(
         &self,
-        tenant: &str,
         prepared: PreparedTurn,
         reply: String,
         generation: GenerationSummary,
         generate_ms: u64,
     ) -> Result<ChatOutcome, MemoryError> {
-        let PreparedTurn { turn, mut session, memories, context, retrieve_ms, .. } = prepared;
         let reply = reply.trim().to_owned();
-        self.write_back(tenant, &turn, &mut session, &reply, &memories).await?;
-        Ok(ChatOutcome {
-            session_id: session.id.clone(),
-            reply,
-            memories,
-            context,
-            generation,
-            retrieve_ms,
-            generate_ms,
-        })
+        let session_id = prepared.session_id.clone();
+        let written = self.write_back(&prepared, &reply).await?;
+        if written.turns.len() - written.summarized_turns as usize > self.config.max_recent_turns.max(2) {
+            // The exchange is stored already; a summary that cannot be made now is made
+            // at a later turn, and must not fail this one.
+            if let Err(e) = self.compress(&prepared, written).await {
+                tracing::warn!(session = %session_id, error = %e, "session compression failed; retried next turn");
+            }
+        }
+        let PreparedTurn { memories, context, retrieve_ms, .. } = prepared;
+        Ok(ChatOutcome { session_id, reply, memories, context, generation, retrieve_ms, generate_ms })
     }
 
-    /// Stores the exchange (turns + an episodic memory), counts the use of the retrieved
-    /// memories, and compresses the session when it grew past its limit.
-    async fn write_back(
-        &self,
-        tenant: &str,
-        turn: &ChatTurn,
-        session: &mut Session,
-        reply: &str,
-        used: &[UsedMemory],
-    ) -> Result<(), MemoryError> {
+    /// Stores the exchange — two turns of the session, an episodic memory, the use of
+    /// the retrieved memories — in one guarded commit. Returns the session as stored.
+    async fn write_back(&self, prepared: &PreparedTurn, reply: &str) -> Result<Session, MemoryError> {
         let now = now_ms();
+        let mut session = prepared.session.clone();
+        let expected_revision = session.revision;
         let turn_index = session.turns.len() as u32;
-        session.turns.push(Turn {
-            role: "user".into(),
-            content: turn.message.clone(),
-            created_at_ms: now,
-            ..Default::default()
-        });
-        session.turns.push(Turn {
-            role: "assistant".into(),
-            content: reply.to_owned(),
-            created_at_ms: now,
-            ..Default::default()
-        });
-        session.updated_at_ms = now;
-        let exchange = format!("User: {}\nAssistant: {}", turn.message, reply);
-        self.store_memory(tenant, session, &exchange, Kind::Episodic, turn_index).await?;
-        if session.turns.len() - session.summarized_turns as usize > self.config.max_recent_turns.max(2) {
-            self.compress(tenant, session).await?;
+        for (role, content) in [("user", prepared.turn.message.as_str()), ("assistant", reply)] {
+            session.turns.push(Turn {
+                role: role.into(),
+                content: content.to_owned(),
+                created_at_ms: now,
+                ..Default::default()
+            });
         }
+        session.updated_at_ms = now;
+        session.transcript_digest = session_digest(&session).into();
+        let exchange = format!("User: {}\nAssistant: {}", prepared.turn.message, reply);
+        let episodic = self.session_memory(&session, exchange, Kind::Episodic, turn_index).await?;
+        let batch = WriteBatch {
+            preconditions: vec![prepared.erase_guard.clone()],
+            entries: vec![episodic],
+            session: Some(SessionWrite { session: session.clone(), expected_revision }),
+            accessed: prepared.memories.iter().filter_map(|m| m.id.parse().ok()).collect(),
+            ..Default::default()
+        };
         let store = self.memory.store().clone();
-        let saved = session.clone();
-        let ids: Vec<Ulid> = used.iter().filter_map(|m| m.id.parse().ok()).collect();
-        blocking(move || -> Result<(), StoreError> {
-            store.put_session(&saved)?;
-            store.record_access(&ids, now)
-        })
-        .await
+        let outcome = blocking(move || store.write(batch)).await?;
+        session.revision = outcome.session_revision.unwrap_or_default();
+        Ok(session)
     }
 
-    /// Folds the oldest half of the recent turns into the rolling summary.
-    async fn compress(&self, tenant: &str, session: &mut Session) -> Result<(), MemoryError> {
+    /// Folds the oldest half of the recent turns into the rolling summary (as many as
+    /// fit the model's window: see [`super::compression`]), in one guarded commit.
+    async fn compress(&self, prepared: &PreparedTurn, mut session: Session) -> Result<(), MemoryError> {
         let start = session.summarized_turns as usize;
-        let recent = session.turns.len() - start;
-        // An even count keeps user/assistant pairs together.
-        let fold = (recent / 2) & !1;
-        if fold == 0 {
-            return Ok(());
-        }
-        let transcript: String =
-            session.turns[start..start + fold].iter().map(|t| format!("{}: {}\n", t.role, t.content)).collect();
-        let mut instruction = String::from(
-            "Summarize the conversation below in a few sentences. Keep every fact about the user \
-             (names, places, preferences, plans).\n\n",
-        );
-        if !session.rolling_summary.is_empty() {
-            instruction += &format!("Summary so far: {}\n\n", session.rolling_summary);
-        }
-        instruction += &transcript;
-        let prompt = self.generator.render_chat(&[ChatMessage::new("user", instruction)], true)?;
-        let request = GenerateRequest { prompt, max_tokens: 160, sampling: SamplingParams::greedy(), stop: Vec::new() };
+        let recent: Vec<(String, String)> =
+            session.turns[start..].iter().map(|t| (t.role.clone(), t.content.clone())).collect();
+        let want = recent.len() / 2;
+        let window = self.config.context_tokens.min(self.generator.info().context_length);
+        let budget = window.saturating_sub(SUMMARY_MAX_TOKENS);
+        let (generator, previous) = (self.generator.clone(), session.rolling_summary.clone());
+        let prompt = tokio::task::spawn_blocking(move || summary_prompt(&previous, &recent, want, budget, &generator))
+            .await
+            .map_err(|e| MemoryError::Internal(format!("building the summary prompt failed: {e}")))?;
+        let Some(prompt) = prompt else { return Ok(()) };
+        let request = GenerateRequest {
+            prompt: prompt.prompt,
+            max_tokens: SUMMARY_MAX_TOKENS,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+        };
         let (summary, _) = self.generator.generate_text(request).await?;
         let summary = summary.trim();
         // A model that says nothing must not make the turns vanish: keep them instead.
         if summary.is_empty() {
             return Ok(());
         }
+        let expected_revision = session.revision;
         session.rolling_summary = summary.to_owned();
-        session.summarized_turns = (start + fold) as u32;
-        self.store_memory(tenant, session, summary, Kind::Summary, start as u32).await
-    }
-
-    async fn store_memory(
-        &self,
-        tenant: &str,
-        session: &Session,
-        text: &str,
-        kind: Kind,
-        turn_index: u32,
-    ) -> Result<(), MemoryError> {
-        let scope = session.scope.clone().unwrap_or_default();
-        let new = NewMemory {
-            user_id: scope.user_id,
-            agent_id: scope.agent_id,
-            session_id: session.id.clone(),
-            text: text.to_owned(),
-            kind: Some(kind),
+        session.summarized_turns = (start + prompt.folded) as u32;
+        let memory = self.session_memory(&session, summary.to_owned(), Kind::Summary, start as u32).await?;
+        let batch = WriteBatch {
+            preconditions: vec![prepared.erase_guard.clone()],
+            entries: vec![memory],
+            session: Some(SessionWrite { session, expected_revision }),
             ..Default::default()
         };
-        self.memory
-            .add_with_source(
-                tenant,
-                new,
-                Some(Source::Session(SessionSource { session_id: session.id.clone(), turn_index })),
-            )
-            .await
-            .map(|_| ())
+        let store = self.memory.store().clone();
+        blocking(move || -> Result<_, StoreError> { store.write(batch) }).await?;
+        Ok(())
+    }
+
+    /// A memory written from turn `turn_index` of `session`, embedded.
+    async fn session_memory(
+        &self,
+        session: &Session,
+        text: String,
+        kind: Kind,
+        turn_index: u32,
+    ) -> Result<NewEntry, MemoryError> {
+        let scope = session.scope.clone().unwrap_or_default();
+        let embedding = self.memory.embed_many(vec![text.clone()]).await?.pop().unwrap_or_default();
+        Ok(NewEntry {
+            kind: Some(kind),
+            text,
+            embedding,
+            scope: Scope { session_id: session.id.clone(), ..scope },
+            source: Some(Source::Session(SessionSource { session_id: session.id.clone(), turn_index })),
+            ..Default::default()
+        })
     }
 }
 

@@ -11,21 +11,20 @@
 //! progress can be reported, and recorded in the store so that a restart resumes it
 //! (see [`super::ingest_jobs`]).
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use ulid::Ulid;
 
 use super::chunking::{chunk_text, Chunk, ChunkParams};
-use super::ingest_jobs::JobBook;
+use super::ingest_jobs::{JobBook, MAX_ATTEMPTS};
 pub use super::ingest_jobs::{JobStatus, JobView};
+use super::keyed_lock::KeyedLocks;
 use super::service::{blocking, MemoryError, MemoryService};
 use crate::model::Embedder;
 use crate::store::records::memory_entry::Source;
 use crate::store::records::{
-    now_ms, ulid_from_bytes, Document, DocumentSource, DocumentStatus, IngestJob, Kind, MemoryEntry, Scope,
+    now_ms, ulid_from_bytes, Document, DocumentSource, DocumentStatus, IngestJob, Kind, Scope,
 };
-use crate::store::NewEntry;
+use crate::store::{NewEntry, Precondition, StoreError, WriteBatch};
 
 /// Documents with more chunks than this are ingested by a background job.
 pub const SYNC_CHUNK_LIMIT: usize = 32;
@@ -82,6 +81,8 @@ struct Prepared {
     doc: NewDocument,
     hash: [u8; 32],
     chunks: Vec<Chunk>,
+    /// Guards the final write against an erase of the owner meanwhile.
+    erase_guard: Precondition,
 }
 
 /// See the module documentation.
@@ -89,10 +90,10 @@ struct Prepared {
 pub struct Documents {
     memory: MemoryService,
     embedder: Embedder,
-    jobs: JobBook,
     /// Serialises "is this text already here?" with the write or job start that follows,
-    /// so that two identical uploads at once still make one document.
-    admit: Arc<tokio::sync::Mutex<()>>,
+    /// per tenant, owner and content: two identical uploads at once still make one
+    /// document, and nothing else waits on them.
+    admit: KeyedLocks,
 }
 
 /// The owner of a document ("" for shared knowledge).
@@ -153,34 +154,50 @@ pub fn html_to_text(html: &str) -> Result<String, String> {
 impl Documents {
     /// Ingestion over the memory service's store, with the embedding model given.
     pub fn new(memory: MemoryService, embedder: Embedder) -> Self {
-        Self {
-            jobs: JobBook::new(memory.store().clone()),
-            memory,
-            embedder,
-            admit: Arc::new(tokio::sync::Mutex::new(())),
-        }
+        Self { memory, embedder, admit: KeyedLocks::default() }
+    }
+
+    fn jobs(&self) -> &JobBook {
+        self.memory.jobs()
     }
 
     /// Ingests a document for `tenant`; see the module documentation.
     pub async fn ingest(&self, tenant: &str, doc: NewDocument) -> Result<Ingested, MemoryError> {
+        let limits = self.memory.limits();
+        if doc.title.trim().is_empty() {
+            return Err(MemoryError::Invalid("title is empty".into()));
+        }
+        limits.check_len("title", &doc.title, limits.title_bytes, "title_bytes")?;
         if doc.text.trim().is_empty() {
             return Err(MemoryError::Invalid("text is empty".into()));
         }
+        limits.check_len("text", &doc.text, limits.document_text_bytes, "document_text_bytes")?;
         if doc.user_id.len() > MAX_USER_ID_BYTES {
             return Err(MemoryError::Invalid(format!("user_id is longer than {MAX_USER_ID_BYTES} bytes")));
         }
-        if !matches!(doc.metadata, Value::Null | Value::Object(_)) {
-            return Err(MemoryError::Invalid("metadata must be a JSON object".into()));
-        }
+        limits.metadata("metadata", &doc.metadata)?;
         let hash = *blake3::hash(doc.text.as_bytes()).as_bytes();
-        let _admitted = self.admit.lock().await;
+        let key = format!("{}:{tenant}{}:{}{}", tenant.len(), doc.user_id.len(), doc.user_id, blake3::Hash::from(hash));
+        let _admitted = self.admit.lock(key).await;
         if let Some(found) = self.find_existing(tenant, &doc.user_id, hash).await? {
             return Ok(found);
         }
+        let erase_guard = self.memory.erase_guard(tenant, &doc.user_id).await?;
         let (doc, chunks) = self.chunk(doc).await?;
-        let prepared = Prepared { id: self.memory.store().new_id(), tenant: tenant.to_owned(), doc, hash, chunks };
+        if chunks.len() > limits.document_chunks {
+            return Err(MemoryError::TooLarge {
+                field: "text",
+                message: format!(
+                    "text makes {} chunks; the limit is {} chunks per document (limits.document_chunks)",
+                    chunks.len(),
+                    limits.document_chunks
+                ),
+            });
+        }
+        let id = self.memory.store().new_id();
+        let prepared = Prepared { id, tenant: tenant.to_owned(), doc, hash, chunks, erase_guard };
         if prepared.chunks.len() <= SYNC_CHUNK_LIMIT {
-            return Ok(Ingested::Stored(self.embed_and_store(prepared, |_| {}).await?));
+            return Ok(Ingested::Stored(self.embed_and_store(prepared, None).await?));
         }
         Ok(Ingested::Started(self.start_job(prepared).await?))
     }
@@ -194,12 +211,12 @@ impl Documents {
             (doc, chunks)
         })
         .await
-        .map_err(|e| MemoryError::Invalid(format!("chunking failed: {e}")))
+        .map_err(|e| MemoryError::Internal(format!("chunking failed: {e}")))
     }
 
     /// The tenant+user's document with this text, or the job now ingesting it.
     async fn find_existing(&self, tenant: &str, user: &str, hash: [u8; 32]) -> Result<Option<Ingested>, MemoryError> {
-        let running = self.jobs.find_live(tenant, user, hash);
+        let running = self.jobs().find_live(tenant, user, hash);
         if let Some(view) = running {
             return Ok(Some(Ingested::Started(view)));
         }
@@ -227,7 +244,7 @@ impl Documents {
             text: prepared.doc.text.clone(),
             ..Default::default()
         };
-        let (jobs, total, hash) = (self.jobs.clone(), prepared.chunks.len(), prepared.hash);
+        let (jobs, total, hash) = (self.jobs().clone(), prepared.chunks.len(), prepared.hash);
         let view = blocking(move || jobs.open(record, total, hash)).await?;
         self.run_job(view.id, prepared);
         Ok(view)
@@ -237,12 +254,19 @@ impl Documents {
     fn run_job(&self, id: Ulid, prepared: Prepared) {
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = this.embed_and_store(prepared, |done| this.jobs.progress(id, done)).await;
-            let outcome = outcome.map(|_| ()).map_err(|e| {
-                tracing::warn!(job = %id, error = %e, "document job failed");
-                e.to_string()
-            });
-            let jobs = this.jobs.clone();
+            let outcome = this.embed_and_store(prepared, Some(id)).await;
+            let outcome = match outcome {
+                Ok(_) => return, // the final write recorded the job done
+                Err(MemoryError::Conflict(reason)) => {
+                    tracing::info!(job = %id, reason, "document job cancelled");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "document job failed");
+                    Err(e.to_string())
+                }
+            };
+            let jobs = this.jobs().clone();
             if let Err(e) = blocking(move || jobs.finish(id, outcome)).await {
                 tracing::warn!(job = %id, error = %e, "cannot record the end of a document job");
             }
@@ -250,59 +274,78 @@ impl Documents {
     }
 
     /// Takes up the jobs a previous run left on record: unfinished ones start again (or
-    /// are closed, when their document got written just before the stop), finished ones
-    /// stay reportable until their retention ends. Call once, at start.
+    /// are closed, when their document got written just before the stop, or given up
+    /// after [`MAX_ATTEMPTS`] runs), finished ones stay reportable until their retention
+    /// ends. Call once, at start.
     pub async fn resume_jobs(&self) -> Result<(), MemoryError> {
-        let (jobs, store) = (self.jobs.clone(), self.memory.store().clone());
+        let (jobs, store) = (self.jobs().clone(), self.memory.store().clone());
         let records = blocking(move || {
             jobs.forget_expired()?;
             store.list_jobs()
         })
         .await?;
-        for record in records {
+        for mut record in records {
             let hash = *blake3::hash(record.text.as_bytes()).as_bytes();
-            let view = self.jobs.admit(&record, hash);
+            let view = self.jobs().admit(&record, hash);
             if view.status != JobStatus::Pending {
                 continue;
             }
             let (tenant, user_id) =
                 record.scope.as_ref().map(|s| (s.tenant.clone(), s.user_id.clone())).unwrap_or_default();
-            let (store, doc_id) = (self.memory.store().clone(), view.document_id);
-            let written = blocking(move || store.get_document(&tenant, doc_id)).await?;
+            let (store, doc_id, t) = (self.memory.store().clone(), view.document_id, tenant.clone());
+            let written = blocking(move || store.get_document(&t, doc_id)).await?;
+            let jobs = self.jobs().clone();
             if written.is_some_and(|d| d.status() == DocumentStatus::Ready) {
-                let jobs = self.jobs.clone();
                 blocking(move || jobs.finish(view.id, Ok(()))).await?;
                 continue;
             }
+            let (counted, mut record) = blocking(move || Ok((jobs.count_attempt(&mut record)?, record))).await?;
+            if !counted {
+                let reason = format!(
+                    "gave up after {MAX_ATTEMPTS} attempts: the job failed, or the server stopped, during each"
+                );
+                tracing::warn!(job = %view.id, "{reason}");
+                let jobs = self.jobs().clone();
+                blocking(move || jobs.finish(view.id, Err(reason))).await?;
+                continue;
+            }
+            let erase_guard = self.memory.erase_guard(&tenant, &user_id).await?;
             let doc = NewDocument {
-                title: record.title,
-                text: record.text,
-                source_name: record.source_name,
-                mime: record.mime,
+                title: std::mem::take(&mut record.title),
+                text: std::mem::take(&mut record.text),
+                source_name: std::mem::take(&mut record.source_name),
+                mime: std::mem::take(&mut record.mime),
                 user_id,
                 metadata: serde_json::from_str(&record.metadata_json).unwrap_or(Value::Null),
             };
             let (doc, chunks) = self.chunk(doc).await?;
-            let tenant = record.scope.map(|s| s.tenant).unwrap_or_default();
-            tracing::info!(job = %view.id, chunks = chunks.len(), "resuming a document job left unfinished");
-            self.run_job(view.id, Prepared { id: doc_id, tenant, doc, hash, chunks });
+            tracing::info!(job = %view.id, chunks = chunks.len(), attempt = record.attempts, "resuming a document job left unfinished");
+            self.run_job(view.id, Prepared { id: doc_id, tenant, doc, hash, chunks, erase_guard });
         }
         Ok(())
     }
 
     /// A job of this tenant; another tenant's is reported as absent.
     pub fn job(&self, tenant: &str, id: &str) -> Result<JobView, MemoryError> {
-        self.jobs.get(tenant, id)
+        self.jobs().get(tenant, id)
     }
 
-    /// Embeds the chunks (in batches, reporting how many are done), then stores them and
-    /// the document record; on failure nothing of the document remains.
-    async fn embed_and_store(&self, p: Prepared, progress: impl Fn(usize)) -> Result<Document, MemoryError> {
+    /// Embeds the chunks (in batches; a job reports how many are done and stops when
+    /// cancelled), then stores them with the document record in one guarded commit —
+    /// which, for a job, also records the job done. Nothing of the document remains on
+    /// failure, and nothing is written for an owner erased or a job cancelled meanwhile.
+    async fn embed_and_store(&self, p: Prepared, job: Option<Ulid>) -> Result<Document, MemoryError> {
+        let cancelled = || MemoryError::Conflict("the job was cancelled".into());
         let mut vectors = Vec::with_capacity(p.chunks.len());
         for batch in p.chunks.chunks(EMBED_BATCH) {
+            if job.is_some_and(|id| self.jobs().is_cancelled(id)) {
+                return Err(cancelled());
+            }
             let out = self.embedder.embed(batch.iter().map(|c| c.text.clone()).collect()).await?;
             vectors.extend(out.vectors);
-            progress(vectors.len());
+            if let Some(id) = job {
+                self.jobs().progress(id, vectors.len());
+            }
         }
         let scope = Scope::user(p.tenant.clone(), p.doc.user_id.clone());
         let base = match &p.doc.metadata {
@@ -347,31 +390,28 @@ impl Documents {
             error: String::new(),
         };
         record.set_status(DocumentStatus::Ready);
-        let store = self.memory.store().clone();
-        let (record, written) = blocking(move || {
-            let outcomes = store.put_entries(entries)?;
-            // A chunk whose text the store already holds (in the same scope) resolves to
-            // that entry; list each id once.
-            let mut ids: Vec<Ulid> = Vec::with_capacity(outcomes.len());
-            for o in &outcomes {
-                if !ids.contains(&o.id) {
-                    ids.push(o.id);
-                }
+        let (store, jobs) = (self.memory.store().clone(), self.jobs().clone());
+        let record = blocking(move || {
+            let mut batch = WriteBatch {
+                preconditions: vec![p.erase_guard],
+                entries,
+                document: Some(record),
+                ..Default::default()
+            };
+            if let Some(id) = job {
+                batch.preconditions.push(Precondition::JobPending(id));
+                batch.job = jobs.finished_record(id, Ok(()))?;
             }
-            record.chunk_ids = ids.iter().map(|id| id.to_bytes().to_vec().into()).collect();
-            let created: Vec<Ulid> = outcomes.iter().filter(|o| o.created).map(|o| o.id).collect();
-            if let Err(e) = store.put_document(&record) {
-                let _ = store.delete_entries(&created);
-                return Err(e);
-            }
-            let mut written: Vec<MemoryEntry> = Vec::with_capacity(created.len());
-            for id in created {
-                written.extend(store.get_entry(id)?);
-            }
-            Ok((record, written))
+            let written = store.write(batch)?;
+            let id = p.id;
+            let stored = store.get_document(&p.tenant, id)?;
+            debug_assert!(written.entries.len() == p.chunks.len());
+            stored.ok_or_else(|| StoreError::NotFound(format!("document {id}")))
         })
         .await?;
-        self.memory.note_written(&written);
+        if let Some(id) = job {
+            self.jobs().mark(id, &Ok(()));
+        }
         Ok(record)
     }
 
@@ -391,23 +431,14 @@ impl Documents {
         Ok(docs.into_iter().filter(|d| user_id.as_deref().is_none_or(|u| document_user(d) == u)).collect())
     }
 
-    /// Deletes a document and its chunks, from the store, the vector index and the
-    /// lexical index.
+    /// Deletes a document and its chunks; a document still being ingested has its job
+    /// cancelled, and nothing of it is written.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), MemoryError> {
         let missing = || MemoryError::NotFound(format!("document {id}"));
         let ulid: Ulid = id.parse().map_err(|_| missing())?;
+        self.jobs().cancel(tenant, None, Some(ulid));
         let (store, tenant) = (self.memory.store().clone(), tenant.to_owned());
-        let (existed, points) = blocking(move || {
-            // The points must be read before the entries go: the lexical index is keyed by them.
-            let mut points = Vec::new();
-            for chunk in store.document_exclusive_chunks(&tenant, ulid)? {
-                points.extend(store.get_entry(chunk)?.map(|e| e.point_id));
-            }
-            Ok((store.delete_document(&tenant, ulid)?, points))
-        })
-        .await?;
-        self.memory.note_deleted(&points);
-        if existed {
+        if blocking(move || store.delete_document(&tenant, ulid)).await? {
             Ok(())
         } else {
             Err(missing())

@@ -4,10 +4,17 @@
 //! A job's record holds the document's text until the job ends, so that a server
 //! stopped (or killed) half-way starts it again from the beginning when it comes back:
 //! nothing of the document was written yet (its chunks go to the store in one atomic
-//! write at the end), so starting over is safe. Finished jobs stay reportable for
+//! write at the end), so starting over is safe. A job is started at most
+//! [`MAX_ATTEMPTS`] times: one that brings the server down every time is marked failed
+//! instead of being retried forever. Finished jobs stay reportable for
 //! [`JOB_RETENTION_MS`], then their records go.
+//!
+//! Cancelling (erasing the user, deleting the document) removes the job's record; the
+//! job's final write is guarded on that record being there, so a cancelled job never
+//! writes anything, and its flag stops the embedding at the next batch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -15,10 +22,12 @@ use ulid::Ulid;
 
 use super::service::MemoryError;
 use crate::store::records::{now_ms, ulid_from_bytes, IngestJob, JobState};
-use crate::store::{Store, StoreError};
+use crate::store::{Precondition, Store, StoreError, WriteBatch};
 
 /// Finished jobs are forgotten after this long (they only report on past work).
 pub const JOB_RETENTION_MS: i64 = 60 * 60 * 1000;
+/// Runs a job gets (the first, then resumptions after restarts) before it is given up.
+pub const MAX_ATTEMPTS: u32 = 3;
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +73,8 @@ struct Job {
     user_id: String,
     content_hash: [u8; 32],
     finished_at_ms: Option<i64>,
+    /// Set when the job is cancelled; the embedding loop checks it between batches.
+    cancelled: Arc<AtomicBool>,
 }
 
 /// The jobs of this process, mirrored in the store's `jobs` tree.
@@ -86,6 +97,7 @@ impl JobBook {
         record.set_state(JobState::JobPending);
         record.total = total as u32;
         record.created_at_ms = now_ms();
+        record.attempts = 1;
         self.forget_expired()?;
         self.store.put_job(&record)?;
         Ok(self.admit(&record, content_hash))
@@ -110,7 +122,8 @@ impl JobBook {
             error: (!record.error.is_empty()).then(|| record.error.clone()),
         };
         let finished_at_ms = (!status.is_live()).then_some(record.finished_at_ms);
-        let job = Job { view: view.clone(), tenant, user_id, content_hash, finished_at_ms };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let job = Job { view: view.clone(), tenant, user_id, content_hash, finished_at_ms, cancelled };
         self.jobs.lock().insert(view.id, job);
         view
     }
@@ -123,12 +136,59 @@ impl JobBook {
         }
     }
 
-    /// Ends a job: its record keeps the outcome and drops the text (blocking).
+    /// Whether the job was cancelled (it should stop).
+    pub fn is_cancelled(&self, id: Ulid) -> bool {
+        self.jobs.lock().get(&id).is_none_or(|j| j.cancelled.load(Ordering::Relaxed))
+    }
+
+    /// Cancels the live jobs of one user (`None`: of any user) of a tenant, or only the
+    /// one writing `document`, and forgets them: their records are the store's to
+    /// remove (erase, document delete), which is what makes their final write fail.
+    pub fn cancel(&self, tenant: &str, user_id: Option<&str>, document: Option<Ulid>) {
+        self.jobs.lock().retain(|_, j| {
+            let hit = j.tenant == tenant
+                && user_id.is_none_or(|u| j.user_id == u)
+                && document.is_none_or(|d| j.view.document_id == d);
+            if hit {
+                j.cancelled.store(true, Ordering::Relaxed);
+            }
+            !hit
+        });
+    }
+
+    /// The record of a job ending with `outcome`: the text dropped, the state set.
+    pub fn finished_record(&self, id: Ulid, outcome: Result<(), String>) -> Result<Option<IngestJob>, StoreError> {
+        let Some(mut record) = self.store.get_job(id)? else { return Ok(None) };
+        record.text = String::new();
+        record.finished_at_ms = now_ms();
+        match outcome {
+            Ok(()) => record.set_state(JobState::JobDone),
+            Err(e) => {
+                record.set_state(JobState::JobFailed);
+                record.error = e;
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// Ends a job: its record keeps the outcome and drops the text (blocking). A job
+    /// cancelled meanwhile stays gone.
     pub fn finish(&self, id: Ulid, outcome: Result<(), String>) -> Result<(), StoreError> {
-        let finished = now_ms();
+        self.mark(id, &outcome);
+        let Some(record) = self.finished_record(id, outcome)? else { return Ok(()) };
+        let batch =
+            WriteBatch { preconditions: vec![Precondition::JobPending(id)], job: Some(record), ..Default::default() };
+        match self.store.write(batch) {
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks a job ended in the book.
+    pub fn mark(&self, id: Ulid, outcome: &Result<(), String>) {
         if let Some(job) = self.jobs.lock().get_mut(&id) {
-            job.finished_at_ms = Some(finished);
-            match &outcome {
+            job.finished_at_ms = Some(now_ms());
+            match outcome {
                 Ok(()) => {
                     job.view.status = JobStatus::Done;
                     job.view.done = job.view.total;
@@ -139,17 +199,17 @@ impl JobBook {
                 }
             }
         }
-        let Some(mut record) = self.store.get_job(id)? else { return Ok(()) };
-        record.text = String::new();
-        record.finished_at_ms = finished;
-        match outcome {
-            Ok(()) => record.set_state(JobState::JobDone),
-            Err(e) => {
-                record.set_state(JobState::JobFailed);
-                record.error = e;
-            }
+    }
+
+    /// Counts one more run of a resumed job, durably, before it runs; `false` when it
+    /// has had its [`MAX_ATTEMPTS`] (blocking).
+    pub fn count_attempt(&self, record: &mut IngestJob) -> Result<bool, StoreError> {
+        if record.attempts >= MAX_ATTEMPTS {
+            return Ok(false);
         }
-        self.store.put_job(&record)
+        record.attempts += 1;
+        self.store.put_job(record)?;
+        Ok(true)
     }
 
     /// A job of this tenant; another tenant's is reported as absent.

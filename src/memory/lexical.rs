@@ -293,6 +293,55 @@ fn distinct_terms(query: &str) -> Vec<String> {
     terms
 }
 
+/// One BM25 index per tenant. Corpus statistics (N, df, avgdl) — and so every score a
+/// tenant sees, raw BM25 in lexical mode included — depend on that tenant's memories
+/// alone: no tenant can learn from its scores how often a word occurs in another's.
+#[derive(Debug, Default)]
+pub struct TenantLexicon {
+    by_tenant: HashMap<std::sync::Arc<str>, LexicalIndex>,
+    /// Which tenant each document belongs to, so that removal needs only its key.
+    tenant_of: HashMap<u64, std::sync::Arc<str>>,
+}
+
+impl TenantLexicon {
+    /// Indexes `text` under `doc` in `tenant`'s index, replacing any previous text.
+    pub fn insert(&mut self, tenant: &str, doc: u64, text: &str) {
+        self.remove(doc);
+        let tenant: std::sync::Arc<str> = match self.by_tenant.get_key_value(tenant) {
+            Some((key, _)) => key.clone(),
+            None => tenant.into(),
+        };
+        self.by_tenant.entry(tenant.clone()).or_default().insert(doc, text);
+        self.tenant_of.insert(doc, tenant);
+    }
+
+    /// Removes `doc` from whichever tenant holds it; an index left empty goes too.
+    pub fn remove(&mut self, doc: u64) -> bool {
+        let Some(tenant) = self.tenant_of.remove(&doc) else { return false };
+        if let Some(index) = self.by_tenant.get_mut(&tenant) {
+            index.remove(doc);
+            if index.is_empty() {
+                self.by_tenant.remove(&tenant);
+            }
+        }
+        true
+    }
+
+    /// The tenant's index; `None` when it has no documents.
+    pub fn tenant(&self, tenant: &str) -> Option<&LexicalIndex> {
+        self.by_tenant.get(tenant)
+    }
+
+    /// Documents over all tenants.
+    pub fn len(&self) -> usize {
+        self.tenant_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenant_of.is_empty()
+    }
+}
+
 impl Default for LexicalIndex {
     fn default() -> Self {
         LexicalIndex::new(Bm25Params::default())
@@ -326,6 +375,30 @@ pub fn reciprocal_rank_fusion(lists: &[(&[u64], f32)], k0: f32) -> Vec<(u64, f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tenant_scores_against_its_own_corpus_only() {
+        let mut lex = TenantLexicon::default();
+        lex.insert("a", 1, "zebra crossing at the corner");
+        lex.insert("a", 2, "coffee at noon");
+        let alone = lex.tenant("a").unwrap().search("zebra", 5, &|_| true);
+        // Another tenant full of "zebra" must not change tenant a's scores at all.
+        for doc in 100..200 {
+            lex.insert("b", doc, "zebra zebra stripes");
+        }
+        assert_eq!(lex.tenant("a").unwrap().search("zebra", 5, &|_| true), alone);
+        assert_eq!(lex.tenant("a").unwrap().len(), 2);
+        // Removal needs only the key, and an emptied tenant disappears.
+        for doc in 100..200 {
+            assert!(lex.remove(doc));
+        }
+        assert!(lex.tenant("b").is_none());
+        assert!(!lex.remove(100));
+        // Re-inserting a key under another tenant moves it.
+        lex.insert("b", 1, "zebra");
+        assert!(!lex.tenant("a").unwrap().contains(1));
+        assert_eq!(lex.len(), 2);
+    }
 
     fn admit_all(_: u64) -> bool {
         true

@@ -5,10 +5,13 @@
 
 pub mod chat;
 pub mod chunking;
+pub mod compression;
 pub mod context;
 pub mod documents;
 pub mod ingest_jobs;
+pub mod keyed_lock;
 pub mod lexical;
+pub mod limits;
 pub mod ranking;
 pub mod service;
 pub mod sessions;

@@ -3,18 +3,28 @@
 //!
 //! The store is synchronous; every call into it runs on tokio's blocking pool so the
 //! async workers never wait on disk.
+//!
+//! Writes on behalf of a user are guarded by the user's erase epoch, read before any
+//! slow work (embedding): a write that began before an erase fails instead of bringing
+//! the user's data back. The lexical index follows every commit of the store (see
+//! [`LexicalFollower`]), so no write path has to remember to update it.
 
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use ulid::Ulid;
 
-use super::lexical::{Bm25Params, LexicalIndex};
+use super::ingest_jobs::JobBook;
+use super::keyed_lock::KeyedLocks;
+use super::lexical::TenantLexicon;
+use super::limits::Limits;
 use super::ranking::{fuse, Candidate, Mode, RankingWeights};
 use super::turn_context::TurnContext;
 use crate::model::{Embedder, EngineError};
 use crate::store::records::{now_ms, Kind, MemoryEntry, Scope};
-use crate::store::{NewEntry, Page, ScopeClause, SearchFilter, Store, StoreError};
+use crate::store::{
+    CommitObserver, Committed, NewEntry, Page, Precondition, ScopeClause, SearchFilter, Store, StoreError, WriteBatch,
+};
 
 /// Everything that can go wrong here, mapped to HTTP statuses by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +100,48 @@ pub struct Found {
 pub struct MemoryService {
     store: Arc<Store>,
     embedder: Option<Embedder>,
-    /// BM25 over every entry's text, keyed by the entry's index point; scoped at query
-    /// time through the vector index's live, labelled points.
-    lexical: Arc<RwLock<LexicalIndex>>,
+    /// BM25 over every entry's text, one index per tenant, keyed by the entry's index
+    /// point; scoped at query time through the vector index's live, labelled points.
+    lexical: Arc<RwLock<TenantLexicon>>,
     weights: RankingWeights,
+    limits: Arc<Limits>,
+    session_locks: KeyedLocks,
+    /// Background document ingestions: here so that erasing a user cancels theirs.
+    jobs: JobBook,
 }
 
-/// Longest memory text accepted, in bytes.
-pub const MAX_MEMORY_BYTES: usize = 64 * 1024;
+/// Keeps the lexical index in step with the store: told of every commit, under the
+/// store's write lock, so it sees changes in the order they were made (a delete racing a
+/// write cannot leave a stale entry behind).
+struct LexicalFollower {
+    lexical: Arc<RwLock<TenantLexicon>>,
+}
+
+impl CommitObserver for LexicalFollower {
+    fn committed(&self, store: &Store, change: &Committed) {
+        let mut context = TurnContext::new(store);
+        let added: Vec<(String, u64, String)> = change
+            .added
+            .iter()
+            .map(|e| {
+                // The entry is stored already; a session that cannot be read only costs
+                // the context, so index the text alone rather than not at all.
+                let text = context.lexical_text(e).unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "session unreadable; indexing the memory without its context");
+                    e.text.clone()
+                });
+                (e.scope.as_ref().map(|s| s.tenant.clone()).unwrap_or_default(), e.point_id, text)
+            })
+            .collect();
+        let mut lexical = self.lexical.write();
+        for e in change.removed {
+            lexical.remove(e.point_id);
+        }
+        for (tenant, point, text) in added {
+            lexical.insert(&tenant, point, &text);
+        }
+    }
+}
 
 /// Runs a store call on the blocking pool (the store is synchronous; tokio's workers
 /// must not wait on disk).
@@ -110,65 +154,71 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(Into::into)
 }
 
-fn check_text(text: &str) -> Result<(), MemoryError> {
-    if text.trim().is_empty() {
-        return Err(MemoryError::Invalid("text is empty".into()));
-    }
-    if text.len() > MAX_MEMORY_BYTES {
-        return Err(MemoryError::Invalid(format!("text is longer than {MAX_MEMORY_BYTES} bytes")));
-    }
-    Ok(())
-}
-
 impl MemoryService {
-    /// Builds the lexical index from every stored entry (blocking: call it off the
-    /// async workers).
-    pub fn new(store: Arc<Store>, embedder: Option<Embedder>, weights: RankingWeights) -> Result<Self, MemoryError> {
-        let mut lexical = LexicalIndex::new(Bm25Params::default());
+    /// Builds the lexical index from every stored entry and follows the store's commits
+    /// from then on (blocking: call it off the async workers).
+    pub fn new(
+        store: Arc<Store>,
+        embedder: Option<Embedder>,
+        weights: RankingWeights,
+        limits: Limits,
+    ) -> Result<Self, MemoryError> {
+        let lexical = Arc::new(RwLock::new(TenantLexicon::default()));
+        // Follow first, then scan: a commit in between is indexed twice (an insert
+        // replaces), never missed.
+        store.observe(Arc::new(LexicalFollower { lexical: lexical.clone() }));
         let mut context = TurnContext::new(&store);
+        let mut texts = Vec::new();
         let mut failed = None;
         store.scan_entries(|e| match context.lexical_text(&e) {
-            Ok(text) => lexical.insert(e.point_id, &text),
+            Ok(text) => texts.push((e.scope.map(|s| s.tenant).unwrap_or_default(), e.point_id, text)),
             Err(err) => failed = Some(err),
         })?;
         if let Some(err) = failed {
             return Err(err.into());
         }
         drop(context);
-        Ok(Self { store, embedder, lexical: Arc::new(RwLock::new(lexical)), weights })
+        {
+            let mut index = lexical.write();
+            for (tenant, point, text) in texts {
+                index.insert(&tenant, point, &text);
+            }
+        }
+        Ok(Self {
+            jobs: JobBook::new(store.clone()),
+            store,
+            embedder,
+            lexical,
+            weights,
+            limits: Arc::new(limits),
+            session_locks: KeyedLocks::default(),
+        })
     }
 
-    /// Keeps the lexical index in step with entries written elsewhere (documents,
-    /// chat write-back).
-    ///
-    /// Call it after the session a turn came from is stored, so that the turn's context
-    /// (the turn before it) is indexed with it.
-    pub fn note_written(&self, entries: &[MemoryEntry]) {
-        let mut context = TurnContext::new(&self.store);
-        let texts: Vec<(u64, String)> = entries
-            .iter()
-            .map(|e| {
-                // The entry is stored already; a session that cannot be read only costs
-                // the context, so index the text alone rather than not at all.
-                let text = context.lexical_text(e).unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "session unreadable; indexing the memory without its context");
-                    e.text.clone()
-                });
-                (e.point_id, text)
-            })
-            .collect();
-        let mut lexical = self.lexical.write();
-        for (point, text) in texts {
-            lexical.insert(point, &text);
-        }
+    /// The locks that keep one session's turns apart (see [`MemoryService::lock_session`]).
+    pub(super) fn session_locks(&self) -> &KeyedLocks {
+        &self.session_locks
     }
 
-    /// The counterpart of [`MemoryService::note_written`] for deleted entries.
-    pub fn note_deleted(&self, points: &[u64]) {
-        let mut lexical = self.lexical.write();
-        for p in points {
-            lexical.remove(*p);
+    /// The book of document ingestion jobs.
+    pub fn jobs(&self) -> &JobBook {
+        &self.jobs
+    }
+
+    /// The size limits of what may be stored.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The user's erase epoch, to guard a write that follows slow work (see the module
+    /// documentation). A user being erased right now is refused at once.
+    pub async fn erase_guard(&self, tenant: &str, user_id: &str) -> Result<Precondition, MemoryError> {
+        let (store, t, u) = (self.store.clone(), tenant.to_owned(), user_id.to_owned());
+        let epoch = blocking(move || store.user_epoch(&t, &u)).await?;
+        if epoch % 2 == 1 {
+            return Err(MemoryError::Conflict(format!("user `{user_id}` is being erased; try again afterwards")));
         }
+        Ok(Precondition::NotErasedSince { tenant: tenant.to_owned(), user_id: user_id.to_owned(), epoch })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -206,10 +256,12 @@ impl MemoryService {
         m: NewMemory,
         source: Option<crate::store::records::memory_entry::Source>,
     ) -> Result<(MemoryEntry, bool), MemoryError> {
-        check_text(&m.text)?;
+        self.limits.memory_text("text", &m.text)?;
+        self.limits.metadata("metadata", &m.metadata)?;
         if m.user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));
         }
+        let guard = self.erase_guard(tenant, &m.user_id).await?;
         let embedding = self.embed_one(&m.text).await?;
         let entry = NewEntry {
             kind: Some(m.kind.unwrap_or(Kind::Fact)),
@@ -229,15 +281,13 @@ impl MemoryService {
         };
         let store = self.store.clone();
         let (outcome, entry) = blocking(move || {
-            let outcome = store.put_entry(entry)?;
+            let batch = WriteBatch { preconditions: vec![guard], entries: vec![entry], ..Default::default() };
+            let outcome = store.write(batch)?.entries[0];
             let stored =
                 store.get_entry(outcome.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", outcome.id)))?;
             Ok((outcome, stored))
         })
         .await?;
-        if outcome.created {
-            self.note_written(std::slice::from_ref(&entry));
-        }
         Ok((entry, outcome.created))
     }
 
@@ -266,15 +316,17 @@ impl MemoryService {
     /// Edits a memory; a new text is embedded again.
     pub async fn update(&self, tenant: &str, id: &str, patch: MemoryPatch) -> Result<MemoryEntry, MemoryError> {
         let mut entry = self.get(tenant, id).await?;
-        let old_point = entry.point_id;
+        let user = entry.scope.as_ref().map(|s| s.user_id.clone()).unwrap_or_default();
+        let guard = self.erase_guard(tenant, &user).await?;
         if let Some(text) = patch.text {
-            check_text(&text)?;
+            self.limits.memory_text("text", &text)?;
             if text != entry.text {
                 entry.embedding = self.embed_one(&text).await?;
                 entry.text = text;
             }
         }
         if let Some(metadata) = patch.metadata {
+            self.limits.metadata("metadata", &metadata)?;
             entry.metadata_json = match metadata {
                 serde_json::Value::Null => String::new(),
                 v @ serde_json::Value::Object(_) => v.to_string(),
@@ -286,66 +338,39 @@ impl MemoryService {
         }
         entry.updated_at_ms = now_ms();
         let store = self.store.clone();
+        let ulid: Ulid = id.parse().map_err(|_| MemoryError::NotFound(format!("memory {id}")))?;
         let updated = blocking(move || {
-            store.replace_entry(entry.clone())?;
-            store
-                .get_entry(entry.ulid().expect("stored ids are valid"))?
-                .ok_or_else(|| StoreError::NotFound("memory".into()))
+            // Fails with NotFound if the memory was deleted meanwhile: an edit never
+            // brings it back.
+            store.replace_entry_guarded(entry, vec![guard])?;
+            store.get_entry(ulid)?.ok_or_else(|| StoreError::NotFound(format!("memory {ulid}")))
         })
         .await?;
-        self.note_deleted(&[old_point]);
-        self.note_written(std::slice::from_ref(&updated));
         Ok(updated)
     }
 
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), MemoryError> {
         let entry = self.get(tenant, id).await?;
-        let ulid = entry.ulid().expect("stored ids are valid");
+        let ulid = entry.ulid().ok_or_else(|| MemoryError::NotFound(format!("memory {id}")))?;
         let store = self.store.clone();
         blocking(move || store.delete_entry(ulid)).await?;
-        self.note_deleted(&[entry.point_id]);
         Ok(())
     }
 
-    /// Deletes a session and the memories written from it (and their lexical entries).
+    /// Deletes a session and the memories written from it.
     pub async fn delete_session(&self, tenant: &str, id: &str) -> Result<bool, MemoryError> {
         let (store, tenant, id) = (self.store.clone(), tenant.to_owned(), id.to_owned());
-        let (existed, points) = blocking(move || {
-            let mut points = Vec::new();
-            store.scan_entries(|e| {
-                let scope = e.scope.as_ref();
-                if scope.is_some_and(|s| s.tenant == tenant && s.session_id == id) {
-                    points.push(e.point_id);
-                }
-            })?;
-            Ok((store.delete_session(&tenant, &id)?, points))
-        })
-        .await?;
-        self.note_deleted(&points);
-        Ok(existed)
+        blocking(move || store.delete_session(&tenant, &id)).await
     }
 
-    /// Erases everything of one user: memories, sessions, documents. Returns how many
-    /// memories were deleted.
+    /// Erases everything of one user: memories, sessions, documents, ingestion jobs.
+    /// Returns how many memories were deleted. Final: see [`Store::erase_user`].
     pub async fn erase_user(&self, tenant: &str, user_id: &str) -> Result<usize, MemoryError> {
+        // Running jobs stop at their next batch; the erase removes their records, which
+        // makes their final write fail even if one is already past that point.
+        self.jobs.cancel(tenant, Some(user_id), None);
         let (store, tenant, user) = (self.store.clone(), tenant.to_owned(), user_id.to_owned());
-        // The user's texts must leave the lexical index too: collect their points first.
-        let (deleted, points) = blocking(move || {
-            let mut points = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page = store.list_entries(&tenant, &user, None, 1000, cursor.as_deref())?;
-                points.extend(page.items.iter().map(|e| e.point_id));
-                match page.next_cursor {
-                    Some(c) => cursor = Some(c),
-                    None => break,
-                }
-            }
-            Ok((store.erase_user(&tenant, &user)?, points))
-        })
-        .await?;
-        self.note_deleted(&points);
-        Ok(deleted)
+        blocking(move || store.erase_user(&tenant, &user)).await
     }
 
     /// The memories closest in meaning to the query, within the tenant and the given
@@ -367,7 +392,7 @@ impl MemoryService {
             Mode::Dense | Mode::Hybrid => Some(crate::store::normalized(&self.embed_one(&q.query).await?)),
         };
         let (store, lexical, weights, mode) = (self.store.clone(), self.lexical.clone(), self.weights.clone(), q.mode);
-        let query = q.query.clone();
+        let (query, tenant) = (q.query.clone(), tenant.to_owned());
         let ranked: Vec<(u64, f32)> = blocking(move || {
             let index = store.index();
             let dense: Vec<(u64, f32)> = match &vector {
@@ -377,7 +402,11 @@ impl MemoryService {
             let lexical_hits = match mode {
                 Mode::Dense => Vec::new(),
                 Mode::Lexical | Mode::Hybrid => {
-                    index.with_admit(&filter, |admit| lexical.read().search(&query, fetch, admit))
+                    let lexicon = lexical.read();
+                    match lexicon.tenant(&tenant) {
+                        Some(lex) => index.with_admit(&filter, |admit| lex.search(&query, fetch, admit)),
+                        None => Vec::new(),
+                    }
                 }
             };
             let (Mode::Hybrid, Some(vector)) = (mode, &vector) else {
@@ -395,7 +424,8 @@ impl MemoryService {
             // BM25 as coverage of the query (see `LexicalIndex::query_weight`), so that it
             // sits on an absolute scale beside the cosine.
             let mut lexical_all = {
-                let lexical = lexical.read();
+                let lexicon = lexical.read();
+                let Some(lexical) = lexicon.tenant(&tenant) else { return Ok(Vec::new()) };
                 let weight = lexical.query_weight(&query);
                 let mut scored = lexical.score(&query, &union);
                 scored.iter_mut().for_each(|h| h.1 = if weight > 0.0 { h.1 / weight } else { 0.0 });

@@ -1,12 +1,15 @@
-//! Importing past conversation into a session without generating: each message becomes
-//! a turn of the session and an episodic memory of its user (migrating chat history,
-//! or loading a benchmark's dialogues).
+//! Sessions: opening one for a turn, the lock that makes turns of one session run one
+//! at a time, the digest that finds a session from a re-sent conversation, and
+//! importing past conversation without generating — each message becomes a turn of the
+//! session and an episodic memory of its user (migrating chat history, or loading a
+//! benchmark's dialogues).
 
 use ulid::Ulid;
 
+use super::keyed_lock::KeyGuard;
 use super::service::{blocking, MemoryError, MemoryService};
-use crate::store::records::{memory_entry::Source, now_ms, Kind, MemoryEntry, Scope, Session, SessionSource, Turn};
-use crate::store::{NewEntry, StoreError};
+use crate::store::records::{memory_entry::Source, now_ms, Kind, Scope, Session, SessionSource, Turn};
+use crate::store::{NewEntry, SessionWrite, StoreError, WriteBatch};
 
 /// One message to import.
 #[derive(Debug, Clone)]
@@ -18,10 +21,56 @@ pub struct ImportedMessage {
     pub metadata: serde_json::Value,
 }
 
-/// Most messages one import call takes.
-pub const MAX_IMPORT: usize = 1000;
+/// A digest of a conversation's user and assistant turns (role and trimmed content, in
+/// order; other roles are not part of what a client re-sends). Stored with the session
+/// and indexed, so that a client that sends the whole history again — as stock chat
+/// clients do — continues the session instead of starting a new one.
+pub fn transcript_digest<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut hasher = blake3::Hasher::new();
+    let mut any = false;
+    for (role, content) in turns.into_iter().filter(|(r, _)| matches!(*r, "user" | "assistant")) {
+        any = true;
+        // Length-prefixed, so that no two different transcripts hash the same input.
+        for part in [role, content.trim()] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    if any {
+        hasher.finalize().as_bytes().to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The digest of a stored session's turns.
+pub fn session_digest(session: &Session) -> Vec<u8> {
+    transcript_digest(session.turns.iter().map(|t| (t.role.as_str(), t.content.as_str())))
+}
 
 impl MemoryService {
+    /// Waits for the lock of session `id` of `tenant`: turns and imports of one session
+    /// run one at a time, each seeing the one before (none loses an exchange).
+    pub async fn lock_session(&self, tenant: &str, id: &str) -> KeyGuard {
+        // Length-prefixed: no tenant/session pair can spell another's key.
+        self.session_locks().lock(format!("{}:{tenant}{id}", tenant.len())).await
+    }
+
+    /// The session of this user whose user/assistant turns are exactly `turns`.
+    pub async fn find_session_by_turns(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        turns: &[(String, String)],
+    ) -> Result<Option<Session>, MemoryError> {
+        let digest = transcript_digest(turns.iter().map(|(r, c)| (r.as_str(), c.as_str())));
+        if digest.is_empty() {
+            return Ok(None);
+        }
+        let (store, t, u) = (self.store().clone(), tenant.to_owned(), user_id.to_owned());
+        blocking(move || store.find_session_by_transcript(&t, &u, &digest)).await
+    }
+
     /// Session `id` of this user, or a new one when there is none by that id (a fresh
     /// id when `id` is `None`). A session of another user is reported as absent.
     pub async fn open_session(
@@ -68,21 +117,39 @@ impl MemoryService {
         if user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));
         }
-        if messages.is_empty() || messages.len() > MAX_IMPORT {
-            return Err(MemoryError::Invalid(format!("messages must hold 1 to {MAX_IMPORT} messages")));
+        let limits = self.limits().clone();
+        if messages.is_empty() {
+            return Err(MemoryError::Invalid("messages is empty".into()));
+        }
+        if messages.len() > limits.import_messages {
+            return Err(MemoryError::TooLarge {
+                field: "messages",
+                message: format!(
+                    "messages holds {} messages; the limit is {} (limits.import_messages)",
+                    messages.len(),
+                    limits.import_messages
+                ),
+            });
         }
         for (i, m) in messages.iter().enumerate() {
             if !["user", "assistant", "system"].contains(&m.role.as_str()) {
                 return Err(MemoryError::Invalid(format!("messages[{i}].role must be user, assistant or system")));
             }
-            if m.content.trim().is_empty() {
-                return Err(MemoryError::Invalid(format!("messages[{i}].content is empty")));
-            }
-            if !(m.metadata.is_null() || m.metadata.is_object()) {
-                return Err(MemoryError::Invalid(format!("messages[{i}].metadata must be a JSON object")));
-            }
+            let at = |e: MemoryError| match e {
+                MemoryError::Invalid(msg) => MemoryError::Invalid(format!("messages[{i}].{msg}")),
+                MemoryError::TooLarge { message, .. } => {
+                    MemoryError::TooLarge { field: "messages", message: format!("messages[{i}].{message}") }
+                }
+                other => other,
+            };
+            limits.memory_text("content", &m.content).map_err(at)?;
+            limits.metadata("metadata", &m.metadata).map_err(at)?;
+            limits.check_len("name", m.name.as_deref().unwrap_or_default(), 512, "-").map_err(at)?;
         }
+        let _turns_of_this_session = self.lock_session(tenant, session_id).await;
+        let guard = self.erase_guard(tenant, user_id).await?;
         let mut session = self.open_session(tenant, user_id, "", Some(session_id.to_owned())).await?;
+        let expected_revision = session.revision;
         let texts: Vec<String> = messages
             .iter()
             .map(|m| format!("{}: {}", m.name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&m.role), m.content))
@@ -122,15 +189,15 @@ impl MemoryService {
             metadata_json: if m.metadata.is_null() { String::new() } else { m.metadata.to_string() },
         }));
         session.updated_at_ms = now;
+        session.transcript_digest = session_digest(&session).into();
         let store = self.store().clone();
-        let (ids, written) = blocking(move || -> Result<(Vec<Ulid>, Vec<MemoryEntry>), StoreError> {
-            let ids: Vec<Ulid> = store.put_entries(entries)?.into_iter().map(|o| o.id).collect();
-            store.put_session(&session)?;
-            let written = ids.iter().filter_map(|id| store.get_entry(*id).ok().flatten()).collect();
-            Ok((ids, written))
-        })
-        .await?;
-        self.note_written(&written);
-        Ok(ids)
+        let batch = WriteBatch {
+            preconditions: vec![guard],
+            entries,
+            session: Some(SessionWrite { session, expected_revision }),
+            ..Default::default()
+        };
+        let outcome = blocking(move || -> Result<_, StoreError> { store.write(batch) }).await?;
+        Ok(outcome.entries.into_iter().map(|o| o.id).collect())
     }
 }

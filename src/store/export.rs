@@ -116,6 +116,9 @@ pub struct SessionJson {
     pub summarized_turns: u32,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Hex; finds the session from a re-sent conversation (see `Session`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transcript_digest: String,
 }
 
 fn json_or_null(s: &str) -> serde_json::Value {
@@ -320,6 +323,7 @@ impl From<&Session> for SessionJson {
             summarized_turns: s.summarized_turns,
             created_at_ms: s.created_at_ms,
             updated_at_ms: s.updated_at_ms,
+            transcript_digest: hex(&s.transcript_digest),
         }
     }
 }
@@ -344,6 +348,9 @@ impl From<SessionJson> for Session {
             summarized_turns: s.summarized_turns,
             created_at_ms: s.created_at_ms,
             updated_at_ms: s.updated_at_ms,
+            // Assigned anew when stored.
+            revision: 0,
+            transcript_digest: super::read::unhex(&s.transcript_digest).unwrap_or_default().into(),
         }
     }
 }

@@ -72,6 +72,29 @@ pub fn session_prefix(tenant: &str, session_id: &str) -> KeyBuf {
     KeyBuf::new().str(tenant).str(session_id)
 }
 
+/// The tenant and user of a key made by [`scope_prefix`] (nothing may follow them).
+pub fn decode_scope_prefix(key: &[u8]) -> Option<(String, String)> {
+    let (tenant, rest) = read_str(key)?;
+    let (user, rest) = read_str(rest)?;
+    rest.is_empty().then_some((tenant, user))
+}
+
+fn read_str(key: &[u8]) -> Option<(String, &[u8])> {
+    let len = u16::from_be_bytes(key.get(..2)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
+    Some((s.to_owned(), &key[2 + len..]))
+}
+
+/// `erasures`: tenant, user.
+pub fn erasure_key(tenant: &str, user_id: &str) -> Vec<u8> {
+    scope_prefix(tenant, user_id).finish()
+}
+
+/// `transcripts`: tenant, user, digest of a session's turns.
+pub fn transcript_key(tenant: &str, user_id: &str, digest: &[u8]) -> Vec<u8> {
+    scope_prefix(tenant, user_id).bytes(digest).finish()
+}
+
 /// The last 16 bytes of an index key are the entry id.
 pub fn trailing_ulid(key: &[u8]) -> Option<Ulid> {
     let tail: [u8; 16] = key.get(key.len().checked_sub(16)?..)?.try_into().ok()?;
@@ -92,6 +115,16 @@ mod tests {
         let b = KeyBuf::new().str("a").str("bc").finish();
         assert_ne!(a, b);
         assert!(!b.starts_with(&KeyBuf::new().str("ab").finish()));
+    }
+
+    #[test]
+    fn scope_prefixes_decode() {
+        let key = erasure_key("acme", "al\u{e9}");
+        assert_eq!(decode_scope_prefix(&key), Some(("acme".into(), "al\u{e9}".into())));
+        assert_eq!(decode_scope_prefix(&key[..key.len() - 1]), None);
+        let mut longer = key.clone();
+        longer.push(0);
+        assert_eq!(decode_scope_prefix(&longer), None);
     }
 
     #[test]

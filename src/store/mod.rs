@@ -32,7 +32,9 @@ pub use index::{normalize as normalize_vector, Hit, IndexParams, LoadOutcome, Sc
 pub use migrate::{CURRENT_SCHEMA_VERSION, MIGRATIONS};
 pub use read::{Page, ScoredEntry};
 pub use verify::VerifyReport;
-pub use write::{NewEntry, PutOutcome};
+pub use write::{
+    CommitObserver, Committed, NewEntry, Precondition, PutOutcome, SessionWrite, WriteBatch, WriteOutcome,
+};
 
 use trees::Trees;
 
@@ -104,6 +106,8 @@ pub struct Store {
     open_problems: Vec<String>,
     /// What became of the saved vector index at open.
     index_load: LoadOutcome,
+    /// Told of every commit (see [`CommitObserver`]).
+    observers: parking_lot::RwLock<Vec<Arc<dyn CommitObserver>>>,
 }
 
 impl Store {
@@ -122,7 +126,12 @@ impl Store {
         let trees = Trees::open(&db)?;
         let dimension = trees.dimension()?;
         let index = Arc::new(VectorIndex::new(config.index.clone()));
-        let (next_point, open_problems) = read::stage_all(&trees, &index)?;
+        let (staged_next, open_problems) = read::stage_all(&trees, &index)?;
+        let stored_next = trees.meta.get(trees::NEXT_POINT_KEY)?;
+        let stored_next =
+            stored_next.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0);
+        let next_point = staged_next.max(stored_next);
+        let distrust_saved_index = trees.meta.contains_key(trees::REBUILD_INDEX_KEY)?;
         let mut store = Store {
             db,
             trees,
@@ -134,12 +143,24 @@ impl Store {
             dimension: Mutex::new(dimension),
             open_problems,
             index_load: LoadOutcome::Missing,
+            observers: parking_lot::RwLock::new(Vec::new()),
         };
         for problem in &store.open_problems {
             tracing::error!("{problem}");
         }
         let started = std::time::Instant::now();
+        if distrust_saved_index {
+            // Written before point ids had a stored high-water mark: the saved graph may
+            // hold a deleted node under an id given out again. Build it afresh, once.
+            let _ = std::fs::remove_dir_all(store.index_dir());
+        }
         store.index_load = store.index.load_or_rebuild(&store.index_dir());
+        if distrust_saved_index {
+            store.save_index()?;
+            store.trees.meta.remove(trees::REBUILD_INDEX_KEY)?;
+            store.flush()?;
+        }
+        store.finish_interrupted_erasures()?;
         tracing::info!(
             outcome = ?store.index_load,
             points = store.index.len(),
@@ -164,6 +185,11 @@ impl Store {
 
     pub fn index(&self) -> &Arc<VectorIndex> {
         &self.index
+    }
+
+    /// Registers an observer of every later commit (see [`CommitObserver`]).
+    pub fn observe(&self, observer: Arc<dyn CommitObserver>) {
+        self.observers.write().push(observer);
     }
 
     /// Makes every write so far durable.

@@ -26,9 +26,20 @@ pub struct Trees {
     pub sessions: Tree,
     /// job id (16-byte ULID) → `IngestJob`: document ingestions in the background.
     pub jobs: Tree,
+    /// tenant, user → erase epoch (u64): odd while an erase runs, even once it ended.
+    pub erasures: Tree,
+    /// tenant, user, transcript digest → session id: finding a conversation by its turns.
+    pub transcripts: Tree,
 }
 
 pub const DIMENSION_KEY: &[u8] = b"dimension";
+/// In `meta`: one more than the highest point id ever given out (u64, big-endian).
+/// Written in the same transaction as the entries, so ids never repeat, not even when
+/// the newest entry is deleted before a restart.
+pub const NEXT_POINT_KEY: &[u8] = b"next_point";
+/// In `meta`: set by migration 3, whose databases may hold a saved graph with reused
+/// point ids; the index is rebuilt once, then the flag is cleared.
+pub const REBUILD_INDEX_KEY: &[u8] = b"rebuild_index";
 
 impl Trees {
     pub fn open(db: &Db) -> Result<Self> {
@@ -43,6 +54,8 @@ impl Trees {
             documents: db.open_tree("documents")?,
             sessions: db.open_tree("sessions")?,
             jobs: db.open_tree("jobs")?,
+            erasures: db.open_tree("erasures")?,
+            transcripts: db.open_tree("transcripts")?,
         })
     }
 

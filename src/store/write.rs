@@ -1,19 +1,29 @@
-//! Writing: new entries (deduplicated by content hash), imports that keep their ids,
-//! deletes. Every public write returns only after sled has flushed it.
+//! Writing. Every change — new entries (deduplicated by content hash), imports that keep
+//! their ids, edits, deletes, a chat turn's session and memories, a finished document —
+//! goes through one path: a [`ChangeSet`] applied in one sled transaction over every
+//! tree it touches, then flushed before the call returns.
+//!
+//! A write can be *guarded* ([`Precondition`], and a session's expected revision): the
+//! guard is checked inside the same transaction as the write, so a request that began
+//! before an erase, a delete or a cancelled job cannot bring data back when it commits
+//! afterwards — it fails with [`StoreError::Conflict`] and writes nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree, UnabortableTransactionError};
 use sled::Transactional;
 use ulid::Ulid;
 
 use super::error::{Result, StoreError};
 use super::index::normalize;
 use super::keys::{self, MAX_KEY_COMPONENT};
-use super::records::{memory_entry::Source, now_ms, ulid_from_bytes, Kind, MemoryEntry, Scope};
-use super::trees::DIMENSION_KEY;
+use super::read::hex;
+use super::records::{
+    memory_entry::Source, now_ms, ulid_from_bytes, Document, IngestJob, JobState, Kind, MemoryEntry, Scope, Session,
+};
+use super::trees::{DIMENSION_KEY, NEXT_POINT_KEY};
 use super::Store;
 
 /// Longest text accepted for one entry, in bytes.
@@ -42,11 +52,68 @@ pub struct PutOutcome {
     pub created: bool,
 }
 
+/// What must still hold when a guarded write commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// The user has not been erased since [`Store::user_epoch`] returned `epoch`.
+    NotErasedSince { tenant: String, user_id: String, epoch: u64 },
+    /// The ingestion job is on record and still pending (not cancelled, not finished).
+    JobPending(Ulid),
+}
+
+/// A session record to store, and the revision its writer read: 0 when it did not exist.
+/// The write fails if the stored session is no longer at that revision (deleted, or
+/// written by someone else meanwhile). The stored record gets a new revision.
+#[derive(Debug, Clone)]
+pub struct SessionWrite {
+    pub session: Session,
+    pub expected_revision: u64,
+}
+
+/// A guarded, all-or-nothing write of a request's results (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub preconditions: Vec<Precondition>,
+    /// New entries; one whose text is already stored in its scope and kind resolves to
+    /// the existing entry.
+    pub entries: Vec<NewEntry>,
+    pub session: Option<SessionWrite>,
+    /// A document record to store (create or replace). When the batch has entries, the
+    /// document lists them as its chunks: the ids they resolved to, in order, each once
+    /// (a chunk whose text the store already held is shared, not copied).
+    pub document: Option<Document>,
+    /// A job record to store (create or replace).
+    pub job: Option<IngestJob>,
+    /// Entries used (retrieved into a prompt): their access count and time are updated.
+    pub accessed: Vec<Ulid>,
+}
+
+/// What a [`WriteBatch`] did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    /// One per entry of the batch, in order.
+    pub entries: Vec<PutOutcome>,
+    /// The stored session's new revision.
+    pub session_revision: Option<u64>,
+}
+
+/// What a commit changed, as seen by [`CommitObserver`]s.
+pub struct Committed<'a> {
+    pub added: &'a [MemoryEntry],
+    pub removed: &'a [MemoryEntry],
+}
+
+/// Told of every committed change to the entries, in commit order, while the write lock
+/// is held: derived structures (the lexical index) follow the store from one place.
+pub trait CommitObserver: Send + Sync {
+    fn committed(&self, store: &Store, change: &Committed);
+}
+
 fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::Invalid(msg.into())
 }
 
-fn validate_scope(scope: &Scope) -> Result<()> {
+pub(super) fn validate_scope(scope: &Scope) -> Result<()> {
     if scope.tenant.is_empty() {
         return Err(invalid("scope.tenant is required"));
     }
@@ -124,49 +191,165 @@ fn index_keys(entry: &MemoryEntry, id: Ulid) -> IndexKeys {
     }
 }
 
-type Tx<'a> = &'a [TransactionalTree];
+type TxError = ConflictableTransactionError<StoreError>;
 
-fn tx_insert(
-    tx: Tx,
-    entry: &MemoryEntry,
-    id: Ulid,
-) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
-    let [entries, by_scope, by_hash, by_document, by_session, points] = tx else { unreachable!() };
-    let k = index_keys(entry, id);
-    entries.insert(&id.to_bytes(), entry.encode_to_vec())?;
-    by_scope.insert(k.scope, &[])?;
-    by_hash.insert(k.hash, &id.to_bytes())?;
-    if let Some(d) = k.document {
-        by_document.insert(d, &[])?;
-    }
-    if let Some(s) = k.session {
-        by_session.insert(s, &[])?;
-    }
-    points.insert(&k.point, &id.to_bytes())?;
-    Ok(())
+/// The trees of one transaction, by name.
+struct Tx<'a> {
+    entries: &'a TransactionalTree,
+    by_scope: &'a TransactionalTree,
+    by_hash: &'a TransactionalTree,
+    by_document: &'a TransactionalTree,
+    by_session: &'a TransactionalTree,
+    points: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+    sessions: &'a TransactionalTree,
+    documents: &'a TransactionalTree,
+    jobs: &'a TransactionalTree,
+    erasures: &'a TransactionalTree,
+    transcripts: &'a TransactionalTree,
 }
 
-fn tx_remove(
-    tx: Tx,
-    entry: &MemoryEntry,
-    id: Ulid,
-) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
-    let [entries, by_scope, by_hash, by_document, by_session, points] = tx else { unreachable!() };
-    let k = index_keys(entry, id);
-    entries.remove(&id.to_bytes())?;
-    by_scope.remove(k.scope)?;
-    // Only drop the hash key if it still points at this entry.
-    if by_hash.get(&k.hash)?.as_deref() == Some(&id.to_bytes()[..]) {
-        by_hash.remove(k.hash)?;
+fn abort(e: StoreError) -> TxError {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn conflict(msg: String) -> TxError {
+    abort(StoreError::Conflict(msg))
+}
+
+impl From<StoreErrorInTx> for TxError {
+    fn from(e: StoreErrorInTx) -> Self {
+        abort(e.0)
     }
-    if let Some(d) = k.document {
-        by_document.remove(d)?;
+}
+
+/// A store error raised while decoding inside a transaction.
+struct StoreErrorInTx(StoreError);
+
+fn decode_in_tx<T: Message + Default>(tree: &'static str, key: &[u8], value: &[u8]) -> Result<T, StoreErrorInTx> {
+    T::decode(value).map_err(|e| StoreErrorInTx(StoreError::Corrupt { tree, key: hex(key), reason: e.to_string() }))
+}
+
+fn read_u64(value: Option<sled::IVec>) -> u64 {
+    value.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Tx<'_> {
+    fn insert_entry(&self, entry: &MemoryEntry, id: Ulid) -> Result<(), UnabortableTransactionError> {
+        let k = index_keys(entry, id);
+        self.entries.insert(&id.to_bytes(), entry.encode_to_vec())?;
+        self.by_scope.insert(k.scope, &[])?;
+        self.by_hash.insert(k.hash, &id.to_bytes())?;
+        if let Some(d) = k.document {
+            self.by_document.insert(d, &[])?;
+        }
+        if let Some(s) = k.session {
+            self.by_session.insert(s, &[])?;
+        }
+        self.points.insert(&k.point, &id.to_bytes())?;
+        Ok(())
     }
-    if let Some(s) = k.session {
-        by_session.remove(s)?;
+
+    fn remove_entry(&self, entry: &MemoryEntry, id: Ulid) -> Result<(), UnabortableTransactionError> {
+        let k = index_keys(entry, id);
+        self.entries.remove(&id.to_bytes())?;
+        self.by_scope.remove(k.scope)?;
+        // Only drop the hash key if it still points at this entry.
+        if self.by_hash.get(&k.hash)?.as_deref() == Some(&id.to_bytes()[..]) {
+            self.by_hash.remove(k.hash)?;
+        }
+        if let Some(d) = k.document {
+            self.by_document.remove(d)?;
+        }
+        if let Some(s) = k.session {
+            self.by_session.remove(s)?;
+        }
+        self.points.remove(&k.point)?;
+        Ok(())
     }
-    points.remove(&k.point)?;
-    Ok(())
+
+    fn check(&self, p: &Precondition) -> Result<(), TxError> {
+        match p {
+            Precondition::NotErasedSince { tenant, user_id, epoch } => {
+                let now = read_u64(self.erasures.get(keys::erasure_key(tenant, user_id))?);
+                if now != *epoch || epoch % 2 == 1 {
+                    return Err(conflict(format!(
+                        "user `{user_id}` was erased while this request ran; nothing of it was stored"
+                    )));
+                }
+            }
+            Precondition::JobPending(id) => {
+                let key = id.to_bytes();
+                let pending = match self.jobs.get(key)? {
+                    Some(v) => decode_in_tx::<IngestJob>("jobs", &key, &v)?.state() == JobState::JobPending,
+                    None => false,
+                };
+                if !pending {
+                    return Err(conflict(format!("job {id} was cancelled; nothing of it was stored")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a session at a new revision, if it is still at the expected one, keeping
+    /// the transcript index in step.
+    fn put_session(&self, write: &SessionWrite, revision: u64) -> Result<(), TxError> {
+        let s = &write.session;
+        let scope = s.scope.clone().unwrap_or_default();
+        let key = keys::session_prefix(&scope.tenant, &s.id).finish();
+        let old: Option<Session> = match self.sessions.get(&key)? {
+            Some(v) => Some(decode_in_tx("sessions", &key, &v)?),
+            None => None,
+        };
+        let stored = old.as_ref().map_or(0, |o| o.revision);
+        if stored != write.expected_revision {
+            let what = if old.is_none() { "deleted" } else { "changed by another writer" };
+            return Err(conflict(format!("session `{}` was {what} while this request ran; nothing was stored", s.id)));
+        }
+        if let Some(old) = &old {
+            self.unindex_transcript(old)?;
+        }
+        let mut record = s.clone();
+        record.revision = revision;
+        self.sessions.insert(key, record.encode_to_vec())?;
+        if !record.transcript_digest.is_empty() {
+            let tkey = keys::transcript_key(&scope.tenant, &scope.user_id, &record.transcript_digest);
+            self.transcripts.insert(tkey, record.id.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn unindex_transcript(&self, session: &Session) -> Result<(), UnabortableTransactionError> {
+        if session.transcript_digest.is_empty() {
+            return Ok(());
+        }
+        let scope = session.scope.clone().unwrap_or_default();
+        let tkey = keys::transcript_key(&scope.tenant, &scope.user_id, &session.transcript_digest);
+        if self.transcripts.get(&tkey)?.as_deref() == Some(session.id.as_bytes()) {
+            self.transcripts.remove(tkey)?;
+        }
+        Ok(())
+    }
+
+    fn remove_session(&self, key: &[u8]) -> Result<(), TxError> {
+        if let Some(v) = self.sessions.remove(key)? {
+            let old: Session = decode_in_tx("sessions", key, &v)?;
+            self.unindex_transcript(&old)?;
+        }
+        Ok(())
+    }
+
+    fn touch(&self, id: Ulid, at_ms: i64) -> Result<(), TxError> {
+        let key = id.to_bytes();
+        if let Some(v) = self.entries.get(key)? {
+            let mut e: MemoryEntry = decode_in_tx("entries", &key, &v)?;
+            e.access_count += 1;
+            e.last_accessed_at_ms = at_ms;
+            self.entries.insert(&key, e.encode_to_vec())?;
+        }
+        Ok(())
+    }
 }
 
 /// What a write does when its text is already stored, in the same scope and kind,
@@ -179,29 +362,50 @@ enum OnDuplicate {
     Reject,
 }
 
-/// A change to commit: entries to write (replacing any with the same id) and to delete.
+/// A change to commit, resolved against the store (ids, points, the records replaced).
 #[derive(Default)]
-struct ChangeSet {
-    put: Vec<(MemoryEntry, Option<MemoryEntry>)>,
-    delete: Vec<MemoryEntry>,
+pub(super) struct ChangeSet {
+    pub(super) preconditions: Vec<Precondition>,
+    /// Entries to write, with the record each replaces.
+    pub(super) put: Vec<(MemoryEntry, Option<MemoryEntry>)>,
+    pub(super) delete: Vec<MemoryEntry>,
+    pub(super) session: Option<SessionWrite>,
+    pub(super) remove_sessions: Vec<Vec<u8>>,
+    pub(super) document: Option<Document>,
+    pub(super) remove_documents: Vec<Ulid>,
+    pub(super) job: Option<IngestJob>,
+    pub(super) remove_jobs: Vec<Ulid>,
+    pub(super) accessed: Vec<Ulid>,
+    pub(super) accessed_at_ms: i64,
 }
 
 impl Store {
+    /// Applies a [`WriteBatch`]: every precondition is checked and everything written in
+    /// one transaction, then flushed. Fails with [`StoreError::Conflict`] (nothing
+    /// written) when a precondition or the session's revision no longer holds.
+    pub fn write(&self, batch: WriteBatch) -> Result<WriteOutcome> {
+        let records = self.new_records(batch.entries)?;
+        let mut change = ChangeSet {
+            preconditions: batch.preconditions,
+            session: batch.session,
+            document: batch.document,
+            job: batch.job,
+            accessed: batch.accessed,
+            accessed_at_ms: now_ms(),
+            ..Default::default()
+        };
+        if let Some(s) = &change.session {
+            validate_session(&s.session)?;
+        }
+        let (entries, session_revision) = self.commit(records, OnDuplicate::ReturnExisting, &mut change)?;
+        Ok(WriteOutcome { entries, session_revision })
+    }
+
     /// Stores new entries in one atomic, durable commit. An entry whose text already
     /// exists in the same scope and kind is not stored again: its outcome names the
     /// existing id. Either every entry is stored or none is.
     pub fn put_entries(&self, entries: Vec<NewEntry>) -> Result<Vec<PutOutcome>> {
-        let now = now_ms();
-        let mut records = Vec::with_capacity(entries.len());
-        for (i, e) in entries.into_iter().enumerate() {
-            let id = self.new_id();
-            let record = e.into_record(id, now).map_err(|err| match err {
-                StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
-                other => other,
-            })?;
-            records.push(record);
-        }
-        self.commit(records, OnDuplicate::ReturnExisting)
+        Ok(self.write(WriteBatch { entries, ..Default::default() })?.entries)
     }
 
     /// Stores one new entry; see [`Store::put_entries`].
@@ -213,21 +417,34 @@ impl Store {
     /// kept, and a record whose id exists replaces it. A record whose text is already
     /// stored under another id resolves to that id, as for new entries.
     pub fn import_entries(&self, records: Vec<MemoryEntry>) -> Result<Vec<Ulid>> {
-        Ok(self.commit(records, OnDuplicate::ReturnExisting)?.into_iter().map(|o| o.id).collect())
+        let outcomes = self.commit(records, OnDuplicate::ReturnExisting, &mut ChangeSet::default())?.0;
+        Ok(outcomes.into_iter().map(|o| o.id).collect())
     }
 
-    /// Replaces a stored entry (same id) with `entry`, e.g. after an edit.
+    /// Replaces a stored entry (same id) with `entry`, e.g. after an edit, under the
+    /// given preconditions. Fails with `NotFound` if the entry is gone by the time of
+    /// the commit: an edit never brings a deleted memory back.
+    pub fn replace_entry_guarded(&self, entry: MemoryEntry, preconditions: Vec<Precondition>) -> Result<()> {
+        let mut change = ChangeSet { preconditions, ..Default::default() };
+        self.commit(vec![entry], OnDuplicate::Reject, &mut change).map(|_| ())
+    }
+
+    /// [`Store::replace_entry_guarded`] without preconditions.
     pub fn replace_entry(&self, entry: MemoryEntry) -> Result<()> {
-        let id = entry.ulid().ok_or_else(|| invalid("entry id must be 16 bytes"))?;
-        if !self.trees.entries.contains_key(id.to_bytes())? {
-            return Err(StoreError::NotFound(format!("memory {id}")));
-        }
-        self.commit(vec![entry], OnDuplicate::Reject).map(|_| ())
+        self.replace_entry_guarded(entry, Vec::new())
     }
 
     /// Deletes entries by id; returns the ids that existed.
     pub fn delete_entries(&self, ids: &[Ulid]) -> Result<Vec<Ulid>> {
-        let mut change = ChangeSet::default();
+        self.delete_with(ids, ChangeSet::default())
+    }
+
+    pub fn delete_entry(&self, id: Ulid) -> Result<bool> {
+        Ok(!self.delete_entries(&[id])?.is_empty())
+    }
+
+    /// Deletes entries together with whatever else `change` removes, in one commit.
+    pub(super) fn delete_with(&self, ids: &[Ulid], mut change: ChangeSet) -> Result<Vec<Ulid>> {
         {
             let _guard = self.write_lock.lock();
             for id in ids {
@@ -235,18 +452,47 @@ impl Store {
                     change.delete.push(old);
                 }
             }
-            self.apply(&change)?;
+            self.apply(&change, None)?;
         }
         self.flush()?;
         Ok(change.delete.iter().filter_map(|e| e.ulid()).collect())
     }
 
-    pub fn delete_entry(&self, id: Ulid) -> Result<bool> {
-        Ok(!self.delete_entries(&[id])?.is_empty())
+    /// Counts a use of each entry (retrieved into a prompt): bumps `access_count` and sets
+    /// `last_accessed_at_ms`. Touches only the records, never the indexes or the vector.
+    pub fn record_access(&self, ids: &[Ulid], at_ms: i64) -> Result<()> {
+        let change = ChangeSet { accessed: ids.to_vec(), accessed_at_ms: at_ms, ..Default::default() };
+        {
+            let _guard = self.write_lock.lock();
+            self.apply(&change, None)?;
+        }
+        self.flush()
     }
 
-    /// Validates, deduplicates and writes `records` atomically, then flushes.
-    fn commit(&self, mut records: Vec<MemoryEntry>, on_duplicate: OnDuplicate) -> Result<Vec<PutOutcome>> {
+    /// Fresh records for new entries, with ids in call order.
+    fn new_records(&self, entries: Vec<NewEntry>) -> Result<Vec<MemoryEntry>> {
+        let now = now_ms();
+        entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.into_record(self.new_id(), now).map_err(|err| match err {
+                    StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
+    /// Validates and deduplicates `records`, adds them to `change`, and applies it
+    /// atomically, then flushes. Returns the entries' outcomes and the session's new
+    /// revision, if `change` writes one.
+    fn commit(
+        &self,
+        mut records: Vec<MemoryEntry>,
+        on_duplicate: OnDuplicate,
+        change: &mut ChangeSet,
+    ) -> Result<(Vec<PutOutcome>, Option<u64>)> {
         let width = records.first().map(|r| r.embedding.len());
         for (i, r) in records.iter_mut().enumerate() {
             let checked = match width {
@@ -260,14 +506,21 @@ impl Store {
                 other => other,
             })?;
         }
+        // sled ids are monotonic across restarts and never repeat: a session deleted and
+        // created again cannot come back at a revision an old writer read.
+        let revision = match &change.session {
+            Some(_) => Some(self.db.generate_id()? + 1),
+            None => None,
+        };
         let mut outcomes = Vec::with_capacity(records.len());
-        let mut change = ChangeSet::default();
         {
             let _guard = self.write_lock.lock();
-            self.fix_dimension(records.first().map(|r| r.embedding.len()))?;
+            if !records.is_empty() {
+                self.fix_dimension(width)?;
+            }
             let mut in_batch: HashMap<Vec<u8>, Ulid> = HashMap::new();
             for mut record in records {
-                let id = record.ulid().expect("validated");
+                let id = record.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
                 let scope = record.scope.clone().unwrap_or_default();
                 let hkey = keys::hash_key(&scope, record.kind, &record.content_hash);
                 let existing = match in_batch.get(&hkey) {
@@ -285,14 +538,26 @@ impl Store {
                 }
                 in_batch.insert(hkey, id);
                 let old = self.get_entry(id)?;
+                if on_duplicate == OnDuplicate::Reject && old.is_none() {
+                    return Err(StoreError::NotFound(format!("memory {id}")));
+                }
                 record.point_id = self.allocate_point();
                 outcomes.push(PutOutcome { id, created: true });
                 change.put.push((record, old));
             }
-            self.apply(&change)?;
+            if let Some(doc) = change.document.as_mut().filter(|_| !outcomes.is_empty()) {
+                let mut listed: Vec<Ulid> = Vec::with_capacity(outcomes.len());
+                for o in &outcomes {
+                    if !listed.contains(&o.id) {
+                        listed.push(o.id);
+                    }
+                }
+                doc.chunk_ids = listed.iter().map(|id| id.to_bytes().to_vec().into()).collect();
+            }
+            self.apply(change, revision)?;
         }
         self.flush()?;
-        Ok(outcomes)
+        Ok((outcomes, revision))
     }
 
     fn validate_record(&self, r: &mut MemoryEntry) -> Result<()> {
@@ -346,26 +611,88 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a change set in one sled transaction and mirrors it in the vector index.
-    /// Called with the write lock held.
-    fn apply(&self, change: &ChangeSet) -> Result<()> {
+    /// Writes a change set in one sled transaction, then mirrors it in the vector index
+    /// and tells the observers. Called with the write lock held. `revision` is the new
+    /// revision of the session the change writes, if any.
+    fn apply(&self, change: &ChangeSet, revision: Option<u64>) -> Result<()> {
         let t = &self.trees;
-        let trees = [&t.entries, &t.by_scope, &t.by_hash, &t.by_document, &t.by_session, &t.points];
-        trees[..].transaction(|tx| {
+        let trees = [
+            &t.entries,
+            &t.by_scope,
+            &t.by_hash,
+            &t.by_document,
+            &t.by_session,
+            &t.points,
+            &t.meta,
+            &t.sessions,
+            &t.documents,
+            &t.jobs,
+            &t.erasures,
+            &t.transcripts,
+        ];
+        let next_point = self.next_point.load(std::sync::atomic::Ordering::Relaxed);
+        trees[..].transaction(|trees| {
+            let [entries, by_scope, by_hash, by_document, by_session, points, meta, sessions, documents, jobs, erasures, transcripts] =
+                &trees[..]
+            else {
+                unreachable!("twelve trees in, twelve out")
+            };
+            let tx = Tx {
+                entries,
+                by_scope,
+                by_hash,
+                by_document,
+                by_session,
+                points,
+                meta,
+                sessions,
+                documents,
+                jobs,
+                erasures,
+                transcripts,
+            };
+            for p in &change.preconditions {
+                tx.check(p)?;
+            }
+            if let (Some(write), Some(revision)) = (&change.session, revision) {
+                tx.put_session(write, revision)?;
+            }
+            for key in &change.remove_sessions {
+                tx.remove_session(key)?;
+            }
             for old in &change.delete {
-                tx_remove(tx, old, old.ulid().expect("stored ids are valid"))?;
+                let id = old.ulid().ok_or_else(|| abort(invalid("stored entry without a valid id")))?;
+                tx.remove_entry(old, id)?;
             }
             for (record, old) in &change.put {
-                let id = record.ulid().expect("validated");
+                let id = record.ulid().ok_or_else(|| abort(invalid("entry without a valid id")))?;
                 if let Some(old) = old {
-                    tx_remove(tx, old, id)?;
+                    tx.remove_entry(old, id)?;
                 }
-                tx_insert(tx, record, id)?;
+                tx.insert_entry(record, id)?;
+            }
+            if !change.put.is_empty() {
+                tx.meta.insert(NEXT_POINT_KEY, &next_point.to_be_bytes())?;
+            }
+            for id in &change.accessed {
+                tx.touch(*id, change.accessed_at_ms)?;
+            }
+            if let Some(doc) = &change.document {
+                tx.documents.insert(doc.id.as_ref(), doc.encode_to_vec())?;
+            }
+            for id in &change.remove_documents {
+                tx.documents.remove(&id.to_bytes())?;
+            }
+            if let Some(job) = &change.job {
+                tx.jobs.insert(job.id.as_ref(), job.encode_to_vec())?;
+            }
+            for id in &change.remove_jobs {
+                tx.jobs.remove(&id.to_bytes())?;
             }
             Ok(())
         })?;
-        let replaced = change.put.iter().filter_map(|(_, old)| old.as_ref());
-        for old in change.delete.iter().chain(replaced) {
+        let replaced: Vec<MemoryEntry> = change.put.iter().filter_map(|(_, old)| old.clone()).collect();
+        for old in change.delete.iter().chain(&replaced) {
             self.index.remove(old.point_id);
         }
         let new: Vec<_> = change
@@ -376,47 +703,29 @@ impl Store {
         match new.len() {
             0 => {}
             1 => {
-                let (p, s, k, v) = new.into_iter().next().unwrap();
+                let (p, s, k, v) = new.into_iter().next().expect("one");
                 self.index.insert(p, &s, k, v);
             }
             _ => self.index.insert_many(new),
         }
         self.index.rebuild_in_background_if_due();
-        Ok(())
-    }
-
-    /// Counts a use of each entry (retrieved into a prompt): bumps `access_count` and sets
-    /// `last_accessed_at_ms`. Touches only the records, never the indexes or the vector.
-    pub fn record_access(&self, ids: &[Ulid], at_ms: i64) -> Result<()> {
-        {
-            let _guard = self.write_lock.lock();
-            for id in ids {
-                if let Some(mut e) = self.get_entry(*id)? {
-                    e.access_count += 1;
-                    e.last_accessed_at_ms = at_ms;
-                    self.trees.entries.insert(id.to_bytes(), e.encode_to_vec())?;
-                }
+        if !(change.put.is_empty() && change.delete.is_empty()) {
+            let mut removed = change.delete.clone();
+            removed.extend(replaced);
+            let added: Vec<MemoryEntry> = change.put.iter().map(|(r, _)| r.clone()).collect();
+            let committed = Committed { added: &added, removed: &removed };
+            for observer in self.observers.read().iter() {
+                observer.committed(self, &committed);
             }
         }
-        self.flush()
+        Ok(())
     }
+}
 
-    /// Deletes every entry, session and document of one user of a tenant.
-    pub fn erase_user(&self, tenant: &str, user_id: &str) -> Result<usize> {
-        validate_scope(&Scope::user(tenant, user_id))?;
-        if user_id.is_empty() {
-            return Err(invalid("user_id is required to erase a user"));
-        }
-        let prefix = keys::scope_prefix(tenant, user_id).finish();
-        let ids: Vec<Ulid> = self
-            .trees
-            .by_scope
-            .scan_prefix(&prefix)
-            .keys()
-            .filter_map(|k| k.ok().and_then(|k| keys::trailing_ulid(&k)))
-            .collect();
-        let deleted = self.delete_entries(&ids)?.len();
-        self.delete_owned_records(tenant, user_id)?;
-        Ok(deleted)
+fn validate_session(s: &Session) -> Result<()> {
+    let tenant = s.scope.as_ref().map(|s| s.tenant.as_str()).unwrap_or_default();
+    if tenant.is_empty() || s.id.is_empty() || s.id.len() > MAX_KEY_COMPONENT {
+        return Err(invalid(format!("a session needs a tenant and an id of 1 to {MAX_KEY_COMPONENT} bytes")));
     }
+    Ok(())
 }
