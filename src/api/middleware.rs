@@ -2,6 +2,7 @@
 //! timeout, CORS, a panic in a handler turned into a 500, and every error response
 //! turned into the one JSON error shape.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,8 +23,9 @@ use crate::config::ServerConfig;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps `router` in the layers every request goes through, outermost first.
-pub fn apply(router: Router, config: &ServerConfig) -> Result<Router, String> {
+/// Wraps `router` in the layers every request goes through, outermost first. `open`:
+/// no API keys are configured, so the browser guard applies (see [`BrowserGuard`]).
+pub fn apply(router: Router, config: &ServerConfig, open: bool) -> Result<Router, String> {
     let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
         let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
@@ -34,6 +36,10 @@ pub fn apply(router: Router, config: &ServerConfig) -> Result<Router, String> {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(BrowserGuard { open, allowed_origins: config.cors_allowed_origins.clone() }),
+            guard_browsers,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
@@ -64,6 +70,87 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, String> {
             .allow_methods(tower_http::cors::Any)
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
     ))
+}
+
+/// In open mode (no API keys) anyone who can reach the port is the tenant, and the
+/// server listens on loopback only. But a web page in the user's browser can reach
+/// loopback too: a multipart or `text/plain` POST is a CORS "simple" request that the
+/// browser sends without asking, and DNS rebinding lets a page read the answers (the
+/// page's own host name then resolves to 127.0.0.1). So in open mode:
+/// - `Host` must be a loopback name (`localhost`, `*.localhost`, `127.x.x.x`, `[::1]`),
+///   which defeats rebinding: the browser sends the attacker's host name;
+/// - a browser request from another site is refused: an `Origin` other than this server's
+///   own (or one listed in `server.cors_allowed_origins`), or `Sec-Fetch-Site:
+///   cross-site`/`same-site` without such an origin.
+///
+/// Clients that are not browsers send neither header and are unaffected. With API keys
+/// the guard is off: a page cannot know the key.
+struct BrowserGuard {
+    open: bool,
+    allowed_origins: Vec<String>,
+}
+
+impl BrowserGuard {
+    fn check(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        if !self.open {
+            return Ok(());
+        }
+        let text = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let host = text(header::HOST);
+        if let Some(host) = host {
+            if !is_loopback_host(host) {
+                return Err(ApiError::forbidden(format!(
+                    "Host `{host}` is refused: without API keys engram answers only to loopback names \
+                     (localhost, 127.0.0.1, [::1]); configure auth.keys to serve other names"
+                )));
+            }
+        }
+        let origin = text(header::ORIGIN);
+        let listed = origin.is_some_and(|o| self.allowed_origins.iter().any(|a| a == "*" || a == o));
+        let same_origin = origin.zip(host).is_some_and(|(o, h)| o == format!("http://{h}"));
+        if let Some(origin) = origin.filter(|_| !(listed || same_origin)) {
+            return Err(ApiError::forbidden(format!(
+                "requests from web pages of other origins (`{origin}`) are refused without API keys; \
+                 list the origin in server.cors_allowed_origins, or configure auth.keys"
+            )));
+        }
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if matches!(site, Some("cross-site" | "same-site")) && !listed {
+            return Err(ApiError::forbidden(
+                "cross-site browser requests are refused without API keys; configure auth.keys",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `localhost`, `*.localhost`, an IPv4 loopback address or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, port)) if port.is_empty() || port.starts_with(':') => inside,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn guard_browsers(
+    axum::extract::State(guard): axum::extract::State<Arc<BrowserGuard>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match guard.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::warn!(reason = %e.message, "browser request refused");
+            e.into_response()
+        }
+    }
 }
 
 /// A handler that panicked: the panic is logged (inside the request's span, with its
@@ -117,7 +204,7 @@ mod tests {
         let routes = Router::new()
             .route("/echo", post(|body: Bytes| async move { body }))
             .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }));
-        apply(routes, &config()).unwrap()
+        apply(routes, &config(), false).unwrap()
     }
 
     async fn call(req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
@@ -174,13 +261,80 @@ mod tests {
                 "unreachable"
             }),
         );
-        let app = apply(routes, &config()).unwrap();
+        let app = apply(routes, &config(), false).unwrap();
         let res = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(error_code(&body), "internal");
         assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn loopback_host_names() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.8.9.1:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "[::2]",
+            "[::1]x",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_mode_refuses_other_hosts_and_cross_site_browsers() {
+        let app = || {
+            let routes = Router::new().route("/echo", post(|body: Bytes| async move { body }));
+            apply(routes, &config(), true).unwrap()
+        };
+        let send = |host: &str, headers: &[(&str, &str)]| {
+            let mut req = Request::post("/echo").header(header::HOST, host);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Body::from("x")).unwrap();
+            async move { app().oneshot(req).await.unwrap().status() }
+        };
+        assert_eq!(send("127.0.0.1:8080", &[]).await, StatusCode::OK, "a plain client");
+        assert_eq!(
+            send("localhost:8080", &[("origin", "http://localhost:8080"), ("sec-fetch-site", "same-origin")]).await,
+            StatusCode::OK
+        );
+        assert_eq!(send("app.example:8080", &[]).await, StatusCode::FORBIDDEN, "DNS rebinding");
+        assert_eq!(send("127.0.0.1:8080", &[("origin", "https://evil.example")]).await, StatusCode::FORBIDDEN);
+        assert_eq!(send("127.0.0.1:8080", &[("origin", "null")]).await, StatusCode::FORBIDDEN);
+        assert_eq!(send("127.0.0.1:8080", &[("sec-fetch-site", "cross-site")]).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            send("127.0.0.1:8080", &[("origin", "http://localhost:3000"), ("sec-fetch-site", "same-site")]).await,
+            StatusCode::FORBIDDEN
+        );
+        // A configured origin may call.
+        assert_eq!(
+            send("127.0.0.1:8080", &[("origin", "https://app.example"), ("sec-fetch-site", "cross-site")]).await,
+            StatusCode::OK
+        );
+        // With keys, the guard is off (a page cannot know the key).
+        let keyed = Router::new().route("/echo", post(|body: Bytes| async move { body }));
+        let req = Request::post("/echo").header(header::HOST, "evil.example").header("origin", "https://evil.example");
+        let res = apply(keyed, &config(), false).unwrap().oneshot(req.body(Body::from("x")).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -133,6 +133,6 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/sessions/{id}/messages", post(chat::import_messages))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .with_state(state);
-    middleware::apply(routes, config)
+        .with_state(state.clone());
+    middleware::apply(routes, config, !state.keys.required())
 }

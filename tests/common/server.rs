@@ -154,3 +154,54 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A server-sent event stream read as it arrives.
+pub struct SseReader {
+    lines: std::io::Lines<BufReader<Box<dyn std::io::Read + Send + Sync>>>,
+}
+
+impl SseReader {
+    /// The next event: its name ("" for unnamed) and its data; `None` at the end.
+    pub fn next_event(&mut self) -> Option<(String, String)> {
+        let (mut name, mut data) = (String::new(), None::<String>);
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            if line.is_empty() {
+                if let Some(data) = data.take() {
+                    return Some((name, data));
+                }
+                continue;
+            }
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data = Some(match data {
+                    Some(before) => format!("{before}\n{d}"),
+                    None => d.to_owned(),
+                });
+            }
+        }
+        data.map(|d| (name, d))
+    }
+}
+
+impl Server {
+    /// POSTs JSON (with an optional API key) and returns the status and, for a 200, the
+    /// event stream to read as it comes.
+    pub fn post_stream(&self, path: &str, key: Option<&str>, body: &serde_json::Value) -> (u16, Option<SseReader>) {
+        let mut req = ureq::post(&format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        match req.send_json(body.clone()) {
+            Ok(r) => (r.status(), Some(SseReader { lines: BufReader::new(r.into_reader()).lines() })),
+            Err(ureq::Error::Status(s, _)) => (s, None),
+            Err(e) => panic!("POST {path}: {e}"),
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
