@@ -43,6 +43,21 @@ pub fn transcript_digest<'a>(turns: impl IntoIterator<Item = (&'a str, &'a str)>
     }
 }
 
+/// Ids name keys in the store: at most this long (longer ones could never be stored).
+pub fn check_id(field: &str, id: &str) -> Result<(), MemoryError> {
+    if id.len() > crate::store::MAX_KEY_COMPONENT {
+        return Err(MemoryError::Invalid(format!(
+            "{field} is {} bytes; ids are at most {} bytes",
+            id.len(),
+            crate::store::MAX_KEY_COMPONENT
+        )));
+    }
+    if id.is_empty() && field == "session_id" {
+        return Err(MemoryError::Invalid("session_id is empty".into()));
+    }
+    Ok(())
+}
+
 /// The digest of a stored session's turns.
 pub fn session_digest(session: &Session) -> Vec<u8> {
     transcript_digest(session.turns.iter().map(|t| (t.role.as_str(), t.content.as_str())))
@@ -81,6 +96,9 @@ impl MemoryService {
         id: Option<String>,
     ) -> Result<Session, MemoryError> {
         let id = id.unwrap_or_else(|| Ulid::new().to_string());
+        check_id("session_id", &id)?;
+        check_id("user_id", user_id)?;
+        check_id("agent_id", agent_id)?;
         let (store, t, s) = (self.store().clone(), tenant.to_owned(), id.clone());
         let found = blocking(move || store.get_session(&t, &s)).await?;
         match found {

@@ -18,7 +18,9 @@ impl KeyBuf {
         Self(Vec::with_capacity(64))
     }
     pub fn str(mut self, s: &str) -> Self {
-        let len = u16::try_from(s.len()).expect("key components are validated to be short");
+        // Writes refuse components over MAX_KEY_COMPONENT, so a longer one (a lookup with
+        // a request's over-long id) can match no stored key, whatever its prefix says.
+        let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
         self.0.extend_from_slice(&len.to_be_bytes());
         self.0.extend_from_slice(s.as_bytes());
         self
@@ -125,6 +127,13 @@ mod tests {
         let mut longer = key.clone();
         longer.push(0);
         assert_eq!(decode_scope_prefix(&longer), None);
+    }
+
+    #[test]
+    fn an_over_long_component_makes_a_key_without_panicking() {
+        let huge = "x".repeat(70_000);
+        let key = KeyBuf::new().str(&huge).finish();
+        assert_eq!(&key[..2], &[0xff, 0xff]);
     }
 
     #[test]

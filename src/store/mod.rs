@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
 pub use index::{normalize as normalize_vector, Hit, IndexParams, LoadOutcome, ScopeClause, SearchFilter, VectorIndex};
+pub use keys::MAX_KEY_COMPONENT;
 pub use migrate::{CURRENT_SCHEMA_VERSION, MIGRATIONS};
 pub use read::{Page, ScoredEntry};
 pub use verify::VerifyReport;
