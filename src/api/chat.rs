@@ -17,7 +17,8 @@ use super::memories::{parse_time, rfc3339};
 use super::AppState;
 use crate::memory::chat::{Chat, ChatOutcome, ChatTurn, PreparedTurn};
 use crate::memory::sessions::ImportedMessage;
-use crate::model::generator::GenerationEvent;
+use crate::model::generator::{GenerationEvent, TokenLogprob};
+use crate::model::sampling::SamplingParams;
 use crate::store::records::Session;
 
 #[derive(Debug, Deserialize)]
@@ -43,15 +44,15 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let chat = state.ready_chat()?.clone();
+    let defaults = SamplingParams::default();
     let turn = ChatTurn {
         user_id: req.user_id,
         agent_id: req.agent_id.unwrap_or_default(),
         session_id: req.session_id,
         message: req.message,
         max_tokens: req.max_tokens,
-        temperature: req.temperature,
-        prior_turns: Vec::new(),
-        system_prompt: None,
+        sampling: SamplingParams { temperature: req.temperature.unwrap_or(defaults.temperature), ..defaults },
+        ..Default::default()
     };
     if !req.stream {
         return Ok(Json(outcome_json(&chat.turn(&tenant, turn).await?)).into_response());
@@ -62,8 +63,8 @@ pub async fn chat(
         chat,
         tenant,
         prepared,
-        |text| Event::default().data(json!({ "delta": text }).to_string()),
-        |outcome| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
+        |text, _| Event::default().data(json!({ "delta": text }).to_string()),
+        |outcome, _| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
     )
     .await?;
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
@@ -84,31 +85,35 @@ fn outcome_json(outcome: &ChatOutcome) -> Value {
 }
 
 /// Streams a prepared turn: `piece` makes the event for each text delta, `last` the
-/// closing events once the exchange is written back. A client that disconnects drops
-/// the generation (and nothing is written back for a reply it never got).
+/// closing events once the exchange is written back. Each gets the log-probabilities
+/// (when the turn asked for them) of the tokens generated since the previous event. A
+/// client that disconnects drops the generation (and nothing is written back for a
+/// reply it never got).
 pub async fn stream_turn(
     chat: Chat,
     tenant: String,
     prepared: PreparedTurn,
-    piece: impl Fn(&str) -> Event + Send + 'static,
-    last: impl Fn(&ChatOutcome) -> Vec<Event> + Send + 'static,
+    piece: impl Fn(&str, Vec<TokenLogprob>) -> Event + Send + 'static,
+    last: impl Fn(&ChatOutcome, Vec<TokenLogprob>) -> Vec<Event> + Send + 'static,
 ) -> Result<impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>>, ApiError> {
     let started = std::time::Instant::now();
     let mut events = chat.generator().generate(prepared.request.clone()).await?;
     Ok(async_stream(move |tx| async move {
         let mut reply = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = events.recv().await {
             match event {
+                GenerationEvent::Logprob(l) => logprobs.push(l),
                 GenerationEvent::Text(t) => {
                     reply.push_str(&t);
-                    if tx.send(piece(&t)).await.is_err() {
+                    if tx.send(piece(&t, std::mem::take(&mut logprobs))).await.is_err() {
                         return;
                     }
                 }
                 GenerationEvent::Done(summary) => {
                     let ms = started.elapsed().as_millis() as u64;
                     let closing = match chat.finish(&tenant, prepared, reply, summary, ms).await {
-                        Ok(outcome) => last(&outcome),
+                        Ok(outcome) => last(&outcome, std::mem::take(&mut logprobs)),
                         Err(e) => vec![error_event(&e.to_string())],
                     };
                     for event in closing {

@@ -33,17 +33,24 @@ pub struct ChatConfig {
     pub retrieve_k: usize,
     pub min_score: f32,
     pub max_recent_turns: usize,
+    /// The HTTP header naming the user for OpenAI-style requests that carry neither
+    /// `user` nor `safety_identifier`.
+    pub user_header: String,
 }
 
 /// One turn as asked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatTurn {
     pub user_id: String,
     pub agent_id: String,
     pub session_id: Option<String>,
     pub message: String,
     pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
+    /// How the reply's tokens are chosen, and where it stops (never shown).
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Report the reply's token log-probabilities, with this many alternatives.
+    pub logprobs: Option<usize>,
     /// Earlier (role, content) turns the client keeps itself (OpenAI-style requests):
     /// they seed a new session's history. Ignored for a session that has turns.
     pub prior_turns: Vec<(String, String)>,
@@ -99,6 +106,10 @@ impl Chat {
 
     pub fn generator(&self) -> &Generator {
         &self.generator
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
     }
 
     /// Runs one turn to the end.
@@ -191,11 +202,14 @@ impl Chat {
         )
         .map_err(|e| MemoryError::Invalid(e.to_string()))?;
 
-        let sampling = match turn.temperature {
-            Some(t) => SamplingParams { temperature: t, ..SamplingParams::default() },
-            None => SamplingParams::default(),
+        let request = GenerateRequest {
+            prompt: assembled.prompt.clone(),
+            max_tokens,
+            sampling: turn.sampling.clone(),
+            stop: turn.stop.clone(),
+            logprobs: turn.logprobs,
+            ..Default::default()
         };
-        let request = GenerateRequest { prompt: assembled.prompt.clone(), max_tokens, sampling, stop: Vec::new() };
         let memories: Vec<UsedMemory> = found
             .iter()
             .filter(|f| f.entry.ulid().is_some_and(|u| assembled.used_memories.contains(&u.to_string())))
@@ -300,7 +314,8 @@ impl Chat {
         }
         instruction += &transcript;
         let prompt = self.generator.render_chat(&[ChatMessage::new("user", instruction)], true)?;
-        let request = GenerateRequest { prompt, max_tokens: 160, sampling: SamplingParams::greedy(), stop: Vec::new() };
+        let request =
+            GenerateRequest { prompt, max_tokens: 160, sampling: SamplingParams::greedy(), ..Default::default() };
         let (summary, _) = self.generator.generate_text(request).await?;
         let summary = summary.trim();
         // A model that says nothing must not make the turns vanish: keep them instead.
