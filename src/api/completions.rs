@@ -60,12 +60,12 @@ pub struct CompletionRequest {
 /// OpenAI's largest `logprobs` for completions.
 const MAX_LOGPROBS: usize = 5;
 
-/// A checked request: the generation to run and how to answer.
-struct Plan {
-    request: GenerateRequest,
+/// How to answer a checked request.
+struct Answer {
     /// The prompt's text, when `echo` asks for it in front of the completion.
     echo: String,
     stream: bool,
+    logprobs: bool,
     include_usage: bool,
 }
 
@@ -86,7 +86,8 @@ impl CompletionRequest {
         Ok(())
     }
 
-    fn into_plan(self, generator: &Generator) -> Result<Plan, ApiError> {
+    /// The generation to run, and how to answer.
+    fn into_plan(self, generator: &Generator) -> Result<(GenerateRequest, Answer), ApiError> {
         self.check_supported()?;
         let vocab = generator.tokenizer().vocab_size();
         let (text, ids) = prompt(self.prompt, generator)?;
@@ -110,12 +111,13 @@ impl CompletionRequest {
             stop: stop_list(self.stop)?,
             logprobs: self.logprobs,
         };
-        Ok(Plan {
-            request,
+        let answer = Answer {
             echo: if self.echo == Some(true) { text } else { String::new() },
             stream: self.stream == Some(true),
+            logprobs: self.logprobs.is_some(),
             include_usage: StreamOptions::include_usage(&self.stream_options),
-        })
+        };
+        Ok((request, answer))
     }
 }
 
@@ -147,24 +149,23 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let engine = state.ready_engine()?;
     let generator = engine.generator.as_ref().ok_or_else(|| ApiError::not_found("no chat model is configured"))?;
-    let plan = req.into_plan(generator)?;
+    let (request, answer) = req.into_plan(generator)?;
     let chunks = Chunks {
         id: format!("cmpl-{}", ulid::Ulid::new()),
         created: crate::store::records::now_ms() / 1000,
         model: generator.info().name.clone(),
     };
-    if !plan.stream {
-        let wants_logprobs = plan.request.logprobs.is_some();
-        let (text, summary) = generator.generate_text(plan.request).await?;
-        let logprobs = wants_logprobs.then(|| CompletionLogprobs::after(&plan.echo).shape(&summary.logprobs));
-        let choice = json!({ "text": plan.echo + &text, "index": 0, "logprobs": logprobs,
+    if !answer.stream {
+        let (text, summary) = generator.generate_text(request).await?;
+        let logprobs = answer.logprobs.then(|| CompletionLogprobs::after(&answer.echo).shape(&summary.logprobs));
+        let choice = json!({ "text": answer.echo + &text, "index": 0, "logprobs": logprobs,
                              "finish_reason": summary.finish_reason });
         let mut body = chunks.object("text_completion", vec![choice]);
         body["usage"] = json!(Usage::of(&summary));
         return Ok(Json(body).into_response());
     }
-    let events = generator.generate(plan.request.clone()).await?;
-    let stream = async_stream(move |tx| stream_completion(chunks, plan, events, tx));
+    let events = generator.generate(request).await?;
+    let stream = async_stream(move |tx| stream_completion(chunks, answer, events, tx));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -172,23 +173,22 @@ pub async fn completions(
 /// (dropping `events` then stops the generation).
 async fn stream_completion(
     chunks: Chunks,
-    plan: Plan,
+    answer: Answer,
     mut events: tokio::sync::mpsc::Receiver<GenerationEvent>,
     tx: tokio::sync::mpsc::Sender<Event>,
 ) {
-    let logprobs = plan.request.logprobs.is_some();
-    let mut shape = CompletionLogprobs::after(&plan.echo);
+    let mut shape = CompletionLogprobs::after(&answer.echo);
     let mut pending: Vec<TokenLogprob> = Vec::new();
     // With include_usage, every chunk carries `usage: null` but the last one.
     let usage_field =
-        |usage: Option<Usage>| if plan.include_usage { Some(json!(usage)) } else { usage.map(|u| json!(u)) };
+        |usage: Option<Usage>| if answer.include_usage { Some(json!(usage)) } else { usage.map(|u| json!(u)) };
     let mut choice = |text: &str, finish: Option<FinishReason>, pending: &mut Vec<TokenLogprob>| {
-        let logprobs = logprobs.then(|| shape.shape(&std::mem::take(pending)));
+        let logprobs = answer.logprobs.then(|| shape.shape(&std::mem::take(pending)));
         json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish })
     };
     let mut out = Vec::new();
-    if !plan.echo.is_empty() {
-        out.push(chunks.chunk(choice(&plan.echo, None, &mut pending), usage_field(None)));
+    if !answer.echo.is_empty() {
+        out.push(chunks.chunk(choice(&answer.echo, None, &mut pending), usage_field(None)));
     }
     while let Some(event) = events.recv().await {
         match event {
@@ -197,7 +197,7 @@ async fn stream_completion(
             GenerationEvent::Done(summary) => {
                 let last = choice("", Some(summary.finish_reason), &mut pending);
                 let usage = Usage::of(&summary);
-                if plan.include_usage {
+                if answer.include_usage {
                     out.push(chunks.chunk(last, Some(Value::Null)));
                     out.push(chunks.chunk_without_choices(usage));
                 } else {

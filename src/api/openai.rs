@@ -107,6 +107,7 @@ pub struct ChatCompletionRequest {
     modalities: Option<Vec<String>>,
     audio: Option<Value>,
     web_search_options: Option<Value>,
+    moderation: Option<Value>,
     top_k: Option<usize>,
     repetition_penalty: Option<f32>,
 }
@@ -124,10 +125,12 @@ impl ChatCompletionRequest {
             }
         }
         for (param, value) in [("tool_choice", &self.tool_choice), ("function_call", &self.function_call)] {
-            if !matches!(value.as_ref().and_then(Value::as_str), None | Some("none" | "auto"))
-                && value.as_ref().is_some_and(|v| !v.is_null())
-            {
-                return Err(unsupported(param, "the model has no tool calling (`none` and `auto` are accepted)"));
+            match value {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s == "none" || s == "auto" => {}
+                Some(_) => {
+                    return Err(unsupported(param, "the model has no tool calling (`none` and `auto` are accepted)"))
+                }
             }
         }
         if let Some(format) = self.response_format.as_ref().filter(|v| !v.is_null()) {
@@ -143,6 +146,9 @@ impl ChatCompletionRequest {
         }
         if self.web_search_options.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(unsupported("web_search_options", "engram does not search the web"));
+        }
+        if self.moderation.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(unsupported("moderation", "engram runs no moderation model"));
         }
         if self.top_logprobs.is_some() && self.logprobs != Some(true) {
             return Err(ApiError::invalid_field("top_logprobs", "needs `logprobs: true`"));
