@@ -326,7 +326,7 @@ usage = lambda u: [u.prompt_tokens, u.completion_tokens, u.total_tokens]
 # Who the user is, without `user`.
 client.chat.completions.create(model="engram", safety_identifier="sid-user", max_tokens=4,
     messages=[{"role": "user", "content": "My cat is called Tiber."}])
-client.chat.completions.create(model="engram", max_tokens=4, extra_headers={"x-engram-user": "header-user"},
+client.chat.completions.create(model="engram", max_tokens=4, extra_headers={"x-app-user": "header-user"},
     messages=[{"role": "user", "content": "My dog is called Arno."}])
 ask("user-wins", safety_identifier="not-this-one", max_tokens=4)
 try:
@@ -369,7 +369,8 @@ print(json.dumps({
 #[test]
 fn chat_completions_honour_the_standard_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    // The header naming the user when the request does not is configurable.
+    let server = Server::start(dir.path(), &[("ENGRAM_CHAT__USER_HEADER", "x-app-user")]);
     server.wait_ready();
     let r = run_client(CHAT, &server, &json!({}));
     let greedy = r["greedy"].as_str().unwrap();
@@ -401,7 +402,7 @@ fn chat_completions_honour_the_standard_fields() {
     let memories = |user: &str| server.get(&format!("/v1/memories?user_id={user}")).2["data"].clone();
     let texts = |user: &str| memories(user).as_array().map(|a| a.len()).unwrap_or(0);
     assert!(memories("sid-user").to_string().contains("Tiber"), "safety_identifier is the user");
-    assert!(memories("header-user").to_string().contains("Arno"), "the header names the user");
+    assert!(memories("header-user").to_string().contains("Arno"), "the configured header names the user");
     assert!(texts("user-wins") > 0);
     assert_eq!(texts("not-this-one"), 0, "user wins over safety_identifier");
 }
