@@ -89,6 +89,16 @@ fn embeddings_completions_and_models() {
         server.post("/v1/completions", &seeded).1["choices"]
     );
 
+    // Standard fields sent as null mean "not set"; fields OpenAI does not have are ignored.
+    let nulls = json!({ "prompt": "Once upon a time", "max_tokens": null, "temperature": 0, "top_p": null, "n": null,
+                        "stop": null, "seed": null, "logprobs": null, "echo": null, "suffix": null, "best_of": null,
+                        "stream": null, "stream_options": null, "logit_bias": null, "presence_penalty": null,
+                        "frequency_penalty": null, "user": null, "some_future_field": { "x": 1 } });
+    let (status, body) = server.post("/v1/completions", &nulls);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 16, "max_tokens defaults to 16: {body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+
     let (status, _, body) = server.get("/v1/models");
     assert_eq!(status, 200);
     let ids: Vec<&str> = body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -104,6 +114,11 @@ fn embeddings_completions_and_models() {
         ("/v1/completions", json!({ "prompt": "x", "top_p": 0 }), "top_p"),
         ("/v1/completions", json!({ "prompt": "x", "stop": ["a", "b", "c", "d", "e"] }), "stop"),
         ("/v1/completions", json!({ "prompt": "hello ".repeat(9000) }), "8192"),
+        ("/v1/completions", json!({ "prompt": "x", "n": 3 }), "n"),
+        ("/v1/completions", json!({ "prompt": [1, 2, 99999999] }), "prompt[2]"),
+        ("/v1/completions", json!({ "prompt": "x", "logit_bias": { "7": 500 } }), "logit_bias"),
+        ("/v1/embeddings", json!({ "input": "x", "encoding_format": "int8" }), "encoding_format"),
+        ("/v1/embeddings", json!({ "input": [[]] }), "input[0]"),
     ];
     for (path, body, needle) in cases {
         let (status, answer) = server.post(path, &body);

@@ -17,6 +17,8 @@ use super::memories::{parse_time, rfc3339};
 use super::AppState;
 use crate::memory::chat::{Chat, ChatEvent, ChatOutcome, ChatTurn, PreparedTurn};
 use crate::memory::sessions::ImportedMessage;
+use crate::model::generator::TokenLogprob;
+use crate::model::sampling::SamplingParams;
 use crate::store::records::Session;
 
 #[derive(Debug, Deserialize)]
@@ -42,15 +44,15 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let chat = state.ready_chat()?.clone();
+    let defaults = SamplingParams::default();
     let turn = ChatTurn {
         user_id: req.user_id,
         agent_id: req.agent_id.unwrap_or_default(),
         session_id: req.session_id,
         message: req.message,
         max_tokens: req.max_tokens,
-        temperature: req.temperature,
-        prior_turns: Vec::new(),
-        system_prompt: None,
+        sampling: SamplingParams { temperature: req.temperature.unwrap_or(defaults.temperature), ..defaults },
+        ..Default::default()
     };
     if !req.stream {
         return Ok(Json(outcome_json(&chat.turn(&tenant, turn).await?)).into_response());
@@ -60,8 +62,8 @@ pub async fn chat(
     let stream = stream_turn(
         chat,
         prepared,
-        |text| Event::default().data(json!({ "delta": text }).to_string()),
-        |outcome| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
+        |text, _| Event::default().data(json!({ "delta": text }).to_string()),
+        |outcome, _| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
     )
     .await?;
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
@@ -87,15 +89,15 @@ fn outcome_json(outcome: &ChatOutcome) -> Value {
 pub async fn stream_turn(
     chat: Chat,
     prepared: PreparedTurn,
-    piece: impl Fn(&str) -> Event + Send + 'static,
-    last: impl Fn(&ChatOutcome) -> Vec<Event> + Send + 'static,
+    piece: impl Fn(&str, Vec<TokenLogprob>) -> Event + Send + 'static,
+    last: impl Fn(&ChatOutcome, Vec<TokenLogprob>) -> Vec<Event> + Send + 'static,
 ) -> Result<impl tokio_stream::Stream<Item = Result<Event, std::convert::Infallible>>, ApiError> {
     let mut events = chat.stream(prepared).await?;
     Ok(async_stream(move |tx| async move {
         while let Some(event) = events.recv().await {
             let out = match event {
-                ChatEvent::Delta(t) => vec![piece(&t)],
-                ChatEvent::Done(outcome) => last(&outcome),
+                ChatEvent::Delta(t, logprobs) => vec![piece(&t, logprobs)],
+                ChatEvent::Done(outcome, logprobs) => last(&outcome, logprobs),
                 ChatEvent::Failed(e) => vec![error_event(ApiError::from(e))],
             };
             for event in out {

@@ -1,46 +1,34 @@
-//! The engine's OpenAI-compatible face, no memory involved: `/v1/embeddings`,
-//! `/v1/completions` (streamed as server-sent events on request) and `/v1/models`.
+//! The engine's OpenAI-compatible face, no memory involved: `/v1/embeddings` and
+//! `/v1/models` (`/v1/completions` is in `completions.rs`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::Event;
 use axum::Json;
+use base64::Engine as _;
 use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
 use super::error::{ApiError, ApiJson};
+use super::openai_fields::{token_ids, Item, TextOrTokens};
 use super::AppState;
-use crate::model::generator::{FinishReason, GenerateRequest, GenerationEvent, GenerationSummary};
-use crate::model::sampling::SamplingParams;
-
-/// A string or a list of strings, as OpenAI's `input`, `prompt` and `stop` accept.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
+use crate::model::embedder::EmbedInput;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
-    pub input: OneOrMany,
+    pub input: TextOrTokens,
+    /// `float` (a list of numbers, the default) or `base64` (each vector's f32 values,
+    /// little-endian, base64-encoded: what OpenAI's clients ask for by default).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Accepted when it is the model's own dimension: vectors are never shortened.
+    #[serde(default)]
+    pub dimensions: Option<i64>,
     /// Accepted for OpenAI compatibility; one embedding model serves every request.
     #[serde(default)]
     #[allow(dead_code)]
@@ -60,29 +48,43 @@ pub async fn embeddings(
 ) -> Result<Json<Value>, ApiError> {
     let engine = state.ready_engine()?;
     let embedder = engine.embedder.as_ref().ok_or_else(|| ApiError::not_found("no embedding model is configured"))?;
-    if let Some(format) = req.encoding_format.as_deref().filter(|f| *f != "float") {
-        return Err(ApiError::bad_request(format!("encoding_format `{format}` is not supported; use `float`")));
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "encoding_format",
+                format_args!("`{other}` is not `float` or `base64`"),
+            ))
+        }
+    };
+    let dimension = embedder.info().dimension;
+    if let Some(asked) = req.dimensions.filter(|&d| d != dimension as i64) {
+        return Err(ApiError::invalid_field(
+            "dimensions",
+            format_args!("the model's vectors have {dimension} dimensions and are not shortened; {asked} were asked"),
+        ));
     }
-    let inputs = req.input.into_vec();
-    if inputs.is_empty() || inputs.len() > MAX_INPUTS {
-        return Err(ApiError::bad_request(format!("input must hold 1 to {MAX_INPUTS} strings, got {}", inputs.len())));
-    }
-    if let Some(i) = inputs.iter().position(|s| s.trim().is_empty()) {
-        return Err(ApiError::bad_request(format!("input[{i}] is empty")));
-    }
-    let out = embedder.embed(inputs).await?;
+    let inputs = embed_inputs(req.input, embedder.vocab_size())?;
+    let out = embedder.embed_inputs(inputs).await?;
     if !out.truncated.is_empty() && !state.embedder_truncates {
-        return Err(ApiError::bad_request(format!(
-            "input(s) {:?} are longer than the embedding model's limit of {} tokens",
-            out.truncated,
-            embedder.info().max_tokens
-        )));
+        return Err(ApiError::invalid_field(
+            "input",
+            format_args!(
+                "input(s) {:?} are longer than the embedding model's limit of {} tokens",
+                out.truncated,
+                embedder.info().max_tokens
+            ),
+        ));
     }
     let data: Vec<Value> = out
         .vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
+        .map(|(i, v)| {
+            let embedding = if base64 { json!(base64_f32(v)) } else { json!(v) };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
         .collect();
     Ok(Json(json!({
         "object": "list",
@@ -93,130 +95,34 @@ pub async fn embeddings(
     })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompletionRequest {
-    pub prompt: String,
-    /// Accepted for OpenAI compatibility; one chat model serves every request.
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub model: Option<IgnoredAny>,
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: usize,
-    #[serde(default = "one")]
-    pub temperature: f32,
-    #[serde(default = "one")]
-    pub top_p: f32,
-    #[serde(default)]
-    pub top_k: Option<usize>,
-    #[serde(default)]
-    pub repetition_penalty: Option<f32>,
-    #[serde(default)]
-    pub stop: Option<OneOrMany>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub stream: bool,
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub user: Option<IgnoredAny>,
-}
-
-fn default_max_tokens() -> usize {
-    16
-}
-
-fn one() -> f32 {
-    1.0
-}
-
-/// At most four stop strings, as OpenAI allows.
-fn stop_list(stop: Option<OneOrMany>) -> Result<Vec<String>, ApiError> {
-    let stop = stop.map(OneOrMany::into_vec).unwrap_or_default();
-    if stop.len() > 4 {
-        return Err(ApiError::bad_request("stop takes at most 4 strings"));
+/// The request's inputs, checked: 1 to [`MAX_INPUTS`] of them, none empty, token ids
+/// within the vocabulary of `vocab` ids.
+fn embed_inputs(input: TextOrTokens, vocab: usize) -> Result<Vec<EmbedInput>, ApiError> {
+    let is_list = input.is_list();
+    let items = input.into_items();
+    if items.is_empty() || items.len() > MAX_INPUTS {
+        return Err(ApiError::invalid_field(
+            "input",
+            format_args!("must hold 1 to {MAX_INPUTS} inputs, got {}", items.len()),
+        ));
     }
-    Ok(stop)
+    let param = |i: usize| if is_list { format!("input[{i}]") } else { "input".to_owned() };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Item::Text(s) if s.trim().is_empty() => Err(ApiError::invalid_field(&param(i), "is empty")),
+            Item::Tokens(ids) if ids.is_empty() => Err(ApiError::invalid_field(&param(i), "is empty")),
+            Item::Text(s) => Ok(EmbedInput::Text(s)),
+            Item::Tokens(ids) => Ok(EmbedInput::Tokens(token_ids(&ids, vocab, &param(i))?)),
+        })
+        .collect()
 }
 
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    _: Tenant,
-    ApiJson(req): ApiJson<CompletionRequest>,
-) -> Result<Response, ApiError> {
-    let engine = state.ready_engine()?;
-    let generator = engine.generator.as_ref().ok_or_else(|| ApiError::not_found("no chat model is configured"))?;
-    let sampling = SamplingParams {
-        temperature: req.temperature,
-        top_k: req.top_k.unwrap_or(0),
-        top_p: req.top_p,
-        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
-        seed: req.seed,
-    };
-    let request =
-        GenerateRequest { prompt: req.prompt, max_tokens: req.max_tokens, sampling, stop: stop_list(req.stop)? };
-    let id = format!("cmpl-{}", ulid::Ulid::new());
-    let model = generator.info().name.clone();
-    let created = crate::store::records::now_ms() / 1000;
-    if !req.stream {
-        let (text, summary) = generator.generate_text(request).await?;
-        return Ok(Json(json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{ "text": text, "index": 0, "logprobs": null, "finish_reason": summary.finish_reason }],
-            "usage": usage(&summary),
-        }))
-        .into_response());
-    }
-    let mut events = generator.generate(request).await?;
-    let chunk = move |text: &str, finish: Option<FinishReason>| CompletionChunk {
-        id: id.clone(),
-        object: "text_completion",
-        created,
-        model: model.clone(),
-        choices: [ChunkChoice { text: text.to_owned(), index: 0, logprobs: None, finish_reason: finish }],
-    };
-    let stream = async_stream(move |tx| async move {
-        while let Some(event) = events.recv().await {
-            let data = match event {
-                GenerationEvent::Text(t) => serde_json::to_string(&chunk(&t, None)),
-                GenerationEvent::Done(summary) => {
-                    let mut last = serde_json::to_value(chunk("", Some(summary.finish_reason))).unwrap_or_default();
-                    last["usage"] = usage(&summary);
-                    Ok(last.to_string())
-                }
-                GenerationEvent::Failed(reason) => {
-                    Ok(json!({ "error": { "code": "internal", "message": reason } }).to_string())
-                }
-            };
-            if tx.send(Event::default().data(data.unwrap_or_default())).await.is_err() {
-                return; // the client left; dropping `events` stops the generation
-            }
-        }
-        let _ = tx.send(Event::default().data("[DONE]")).await;
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
-}
-
-fn usage(s: &GenerationSummary) -> Value {
-    json!({ "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-            "total_tokens": s.prompt_tokens + s.completion_tokens })
-}
-
-#[derive(Serialize)]
-struct CompletionChunk {
-    id: String,
-    object: &'static str,
-    created: i64,
-    model: String,
-    choices: [ChunkChoice; 1],
-}
-
-#[derive(Serialize)]
-struct ChunkChoice {
-    text: String,
-    index: usize,
-    logprobs: Option<()>,
-    finish_reason: Option<FinishReason>,
+/// A vector as OpenAI's `base64` encoding has it: its f32 values' little-endian bytes.
+fn base64_f32(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Runs `produce` as a task feeding a channel, and exposes the channel as the stream

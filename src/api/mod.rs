@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod chat;
+mod completions;
 mod documents;
 pub mod error;
 mod health;
@@ -10,6 +11,7 @@ mod inference;
 mod memories;
 pub mod middleware;
 mod openai;
+mod openai_fields;
 
 use std::sync::{Arc, OnceLock};
 
@@ -121,7 +123,7 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/readyz", get(health::readyz))
         .route("/v1/models", get(inference::models))
         .route("/v1/embeddings", post(inference::embeddings))
-        .route("/v1/completions", post(inference::completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/memories", post(memories::add).get(memories::list).delete(memories::erase_user))
         .route("/v1/memories/search", post(memories::search))
         .route("/v1/chat", post(chat::chat))

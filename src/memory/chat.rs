@@ -30,7 +30,7 @@ use super::keyed_lock::KeyGuard;
 use super::ranking::Mode;
 use super::service::{blocking, MemoryError, MemoryService, SearchQuery};
 use super::sessions::session_digest;
-use crate::model::generator::{GenerateRequest, GenerationEvent, GenerationSummary};
+use crate::model::generator::{GenerateRequest, GenerationEvent, GenerationSummary, TokenLogprob};
 use crate::model::sampling::SamplingParams;
 use crate::model::Generator;
 use crate::store::records::{
@@ -51,17 +51,24 @@ pub struct ChatConfig {
     pub retrieve_k: usize,
     pub min_score: f32,
     pub max_recent_turns: usize,
+    /// The HTTP header naming the user for OpenAI-style requests that carry neither
+    /// `user` nor `safety_identifier`.
+    pub user_header: String,
 }
 
 /// One turn as asked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatTurn {
     pub user_id: String,
     pub agent_id: String,
     pub session_id: Option<String>,
     pub message: String,
     pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
+    /// How the reply's tokens are chosen, and where it stops (never shown).
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Report the reply's token log-probabilities, with this many alternatives.
+    pub logprobs: Option<usize>,
     /// Earlier (role, content) turns the client keeps itself (OpenAI-style requests).
     /// Without a `session_id`, the user's session holding exactly these turns is
     /// continued; when there is none, they seed a new session's history.
@@ -108,11 +115,13 @@ pub struct ChatOutcome {
 }
 
 /// What [`Chat::stream`] yields: text as it is generated, then exactly one of
-/// `Done` (the exchange is written back) or `Failed`.
+/// `Done` (the exchange is written back) or `Failed`. When the turn asked for
+/// log-probabilities, each event carries those of the tokens generated since the one
+/// before (tokens that made no text yet, such as half a character, come later).
 #[derive(Debug)]
 pub enum ChatEvent {
-    Delta(String),
-    Done(Box<ChatOutcome>),
+    Delta(String, Vec<TokenLogprob>),
+    Done(Box<ChatOutcome>, Vec<TokenLogprob>),
     Failed(MemoryError),
 }
 
@@ -133,14 +142,23 @@ impl Chat {
         &self.generator
     }
 
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
     /// Runs one turn to the end.
     pub async fn turn(&self, tenant: &str, turn: ChatTurn) -> Result<ChatOutcome, MemoryError> {
         let prepared = self.prepare(tenant, turn).await?;
         let mut events = self.stream(prepared).await?;
+        let mut logprobs = Vec::new();
         while let Some(event) = events.recv().await {
             match event {
-                ChatEvent::Delta(_) => {}
-                ChatEvent::Done(outcome) => return Ok(*outcome),
+                ChatEvent::Delta(_, l) => logprobs.extend(l),
+                ChatEvent::Done(mut outcome, l) => {
+                    logprobs.extend(l);
+                    outcome.generation.logprobs = logprobs;
+                    return Ok(*outcome);
+                }
                 ChatEvent::Failed(e) => return Err(e),
             }
         }
@@ -233,11 +251,14 @@ impl Chat {
         .map_err(|e| MemoryError::Internal(format!("assembling the prompt failed: {e}")))?
         .map_err(|e| MemoryError::Invalid(e.to_string()))?;
 
-        let sampling = match turn.temperature {
-            Some(t) => SamplingParams { temperature: t, ..SamplingParams::default() },
-            None => SamplingParams::default(),
+        let request = GenerateRequest {
+            prompt: assembled.prompt.clone(),
+            max_tokens,
+            sampling: turn.sampling.clone(),
+            stop: turn.stop.clone(),
+            logprobs: turn.logprobs,
+            ..Default::default()
         };
-        let request = GenerateRequest { prompt: assembled.prompt.clone(), max_tokens, sampling, stop: Vec::new() };
         let memories: Vec<UsedMemory> = found
             .iter()
             .filter(|f| f.entry.ulid().is_some_and(|u| assembled.used_memories.contains(&u.to_string())))
@@ -286,12 +307,13 @@ impl Chat {
         let (tx, rx) = mpsc::channel(64);
         let chat = self.clone();
         tokio::spawn(async move {
-            let mut reply = String::new();
+            let (mut reply, mut logprobs) = (String::new(), Vec::new());
             while let Some(event) = generation.recv().await {
                 match event {
+                    GenerationEvent::Logprob(l) => logprobs.push(l),
                     GenerationEvent::Text(t) => {
                         reply.push_str(&t);
-                        if tx.send(ChatEvent::Delta(t)).await.is_err() {
+                        if tx.send(ChatEvent::Delta(t, std::mem::take(&mut logprobs))).await.is_err() {
                             return; // the caller left: dropping `generation` stops it
                         }
                     }
@@ -301,7 +323,7 @@ impl Chat {
                         }
                         let ms = started.elapsed().as_millis() as u64;
                         let event = match chat.finish(prepared, reply, summary, ms).await {
-                            Ok(outcome) => ChatEvent::Done(Box::new(outcome)),
+                            Ok(outcome) => ChatEvent::Done(Box::new(outcome), logprobs),
                             Err(e) => ChatEvent::Failed(e),
                         };
                         let _ = tx.send(event).await;
@@ -391,7 +413,7 @@ impl Chat {
             prompt: prompt.prompt,
             max_tokens: SUMMARY_MAX_TOKENS,
             sampling: SamplingParams::greedy(),
-            stop: Vec::new(),
+            ..Default::default()
         };
         let (summary, _) = self.generator.generate_text(request).await?;
         let summary = summary.trim();

@@ -45,8 +45,17 @@ pub struct Embeddings {
     pub truncated: Vec<usize>,
 }
 
+/// One input to embed.
+#[derive(Debug, Clone)]
+pub enum EmbedInput {
+    Text(String),
+    /// Token ids of the model's vocabulary, without its framing tokens ([CLS]/[SEP]):
+    /// they are added as for a text, so a text's ids embed as the text does.
+    Tokens(Vec<u32>),
+}
+
 struct Job {
-    texts: Vec<String>,
+    inputs: Vec<EmbedInput>,
     reply: oneshot::Sender<Result<Embeddings, EngineError>>,
     span: tracing::Span,
 }
@@ -107,14 +116,25 @@ impl Embedder {
         self.tokenizer.encode(text, true).map(|ids| ids.len()).unwrap_or(0)
     }
 
+    /// Size of the vocabulary that token-id inputs index.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
     /// Embeds `texts`; waits its turn in the queue, or fails fast with `Overloaded` when
     /// the queue is full.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings, EngineError> {
-        if texts.is_empty() {
+        self.embed_inputs(texts.into_iter().map(EmbedInput::Text).collect()).await
+    }
+
+    /// [`Self::embed`] for inputs that may be token ids; they are cut to the model's
+    /// limit as texts are.
+    pub async fn embed_inputs(&self, inputs: Vec<EmbedInput>) -> Result<Embeddings, EngineError> {
+        if inputs.is_empty() {
             return Ok(Embeddings { vectors: Vec::new(), tokens: 0, truncated: Vec::new() });
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { texts, reply, span: tracing::Span::current() };
+        let job = Job { inputs, reply, span: tracing::Span::current() };
         self.jobs.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 EngineError::Overloaded { model: "embedder", capacity: self.capacity }
@@ -150,11 +170,11 @@ impl Worker {
             // counted at a typical 16 tokens here; the chunking in `serve` enforces the
             // real token budget per forward pass.
             let mut batch = vec![first];
-            let mut queued_texts: usize = batch[0].texts.len();
+            let mut queued_texts: usize = batch[0].inputs.len();
             while queued_texts * 16 < self.max_batch_tokens {
                 match jobs.try_recv() {
                     Ok(job) => {
-                        queued_texts += job.texts.len();
+                        queued_texts += job.inputs.len();
                         batch.push(job);
                     }
                     Err(_) => break,
@@ -173,8 +193,12 @@ impl Worker {
             let mut truncated = Vec::new();
             let mut tokens = 0;
             let mut failed = None;
-            for (i, text) in job.texts.iter().enumerate() {
-                match self.tokenizer.encode(text, true) {
+            for (i, input) in job.inputs.iter().enumerate() {
+                let encoded = match input {
+                    EmbedInput::Text(text) => self.tokenizer.encode(text, true),
+                    EmbedInput::Tokens(ids) => self.tokenizer.frame_ids(ids),
+                };
+                match encoded {
                     Ok(mut ids) => {
                         if ids.len() > limit {
                             // Keep the final [SEP]: the model was trained with it.
@@ -191,7 +215,7 @@ impl Worker {
             }
             results.push(match failed {
                 Some(e) => Err(e),
-                None => Ok(Embeddings { vectors: vec![Vec::new(); job.texts.len()], tokens, truncated }),
+                None => Ok(Embeddings { vectors: vec![Vec::new(); job.inputs.len()], tokens, truncated }),
             });
         }
         items.retain(|it| results[it.job].is_ok());

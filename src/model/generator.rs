@@ -17,7 +17,7 @@ use super::engine_error::EngineError;
 use super::gguf::GgufFile;
 use super::llama::Llama;
 use super::model_thread;
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{log_probs, Sampler, SamplingParams};
 use super::text_stream::TextStream;
 use super::tokenizer::TextTokenizer;
 use super::ResolvedDevice;
@@ -40,14 +40,38 @@ pub struct GeneratorOptions {
 }
 
 /// One generation request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerateRequest {
     /// The prompt, already rendered (see [`Generator::render_chat`]).
     pub prompt: String,
+    /// The prompt as token ids of the model's vocabulary, used instead of `prompt` when
+    /// set (taken as they are: no framing token is added).
+    pub prompt_ids: Option<Vec<u32>>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     /// Generation ends before any of these; they are never part of the text.
     pub stop: Vec<String>,
+    /// Report each generated token's log-probability, with this many most likely
+    /// alternatives (as [`GenerationEvent::Logprob`]); `None` reports nothing.
+    pub logprobs: Option<usize>,
+}
+
+/// One generated token with its log-probability under the model (the log-softmax of its
+/// raw logits, before sampling adjusts them), and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: TokenChoice,
+    /// The most likely tokens at that step, best first.
+    pub top: Vec<TokenChoice>,
+}
+
+/// A token's bytes (a token may hold part of a character; a special token gives its
+/// literal text) and its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenChoice {
+    pub id: u32,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,16 +89,24 @@ pub struct GenerationSummary {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// Per generated token, when the request asked for log-probabilities: filled by
+    /// [`Generator::generate_text`] (a stream carries them as events instead).
+    #[serde(skip)]
+    pub logprobs: Vec<TokenLogprob>,
     #[serde(skip)]
     pub prefill: Duration,
     #[serde(skip)]
     pub decode: Duration,
 }
 
-/// What the stream carries: text pieces, then exactly one `Done` or `Failed`.
+/// What the stream carries: text pieces, then exactly one `Done` or `Failed`. When asked
+/// for, each generated token's `Logprob` comes before the text it released (text held
+/// back, as a part of a character or of a possible stop string, comes later), and the
+/// tokens that ended in a stop string still have theirs.
 #[derive(Debug, Clone)]
 pub enum GenerationEvent {
     Text(String),
+    Logprob(TokenLogprob),
     Done(GenerationSummary),
     Failed(String),
 }
@@ -84,6 +116,7 @@ struct Job {
     max_tokens: usize,
     sampling: SamplingParams,
     stop: Vec<String>,
+    logprobs: Option<usize>,
     events: mpsc::Sender<GenerationEvent>,
     span: tracing::Span,
 }
@@ -161,12 +194,26 @@ impl Generator {
     /// Queues a generation and returns its event stream. Fails at once when the prompt
     /// does not fit the context window, or with `Overloaded` when the queue is full.
     pub async fn generate(&self, req: GenerateRequest) -> Result<mpsc::Receiver<GenerationEvent>, EngineError> {
-        req.sampling.validate().map_err(EngineError::Invalid)?;
+        req.sampling.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
         if req.max_tokens == 0 {
             return Err(EngineError::Invalid("max_tokens must be at least 1".into()));
         }
-        // The template already wrote any BOS it wants, so no special tokens are added.
-        let prompt_ids = self.tokenizer.encode(&req.prompt, false).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let vocab = self.tokenizer.vocab_size();
+        if let Some((id, _)) = req.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+            return Err(EngineError::Invalid(format!("logit_bias: token {id} is outside the vocabulary of {vocab}")));
+        }
+        let prompt_ids = match req.prompt_ids {
+            Some(ids) => match ids.iter().find(|&&id| id as usize >= vocab) {
+                Some(id) => {
+                    return Err(EngineError::Invalid(format!(
+                        "prompt: token {id} is outside the vocabulary of {vocab}"
+                    )))
+                }
+                None => ids,
+            },
+            // The template already wrote any BOS it wants, so no special tokens are added.
+            None => self.tokenizer.encode(&req.prompt, false).map_err(|e| EngineError::Invalid(e.to_string()))?,
+        };
         let context = self.info.context_length;
         if prompt_ids.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
@@ -184,6 +231,7 @@ impl Generator {
             max_tokens,
             sampling: req.sampling,
             stop: req.stop,
+            logprobs: req.logprobs,
             events,
             span: tracing::Span::current(),
         };
@@ -200,10 +248,12 @@ impl Generator {
     pub async fn generate_text(&self, req: GenerateRequest) -> Result<(String, GenerationSummary), EngineError> {
         let mut events = self.generate(req).await?;
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = events.recv().await {
             match event {
                 GenerationEvent::Text(t) => text.push_str(&t),
-                GenerationEvent::Done(summary) => return Ok((text, summary)),
+                GenerationEvent::Logprob(l) => logprobs.push(l),
+                GenerationEvent::Done(summary) => return Ok((text, GenerationSummary { logprobs, ..summary })),
                 GenerationEvent::Failed(reason) => return Err(EngineError::Runtime { model: "chat model", reason }),
             }
         }
@@ -261,6 +311,8 @@ impl Worker {
         let mut finish = FinishReason::Length;
         let decode_started = Instant::now();
         while generated < job.max_tokens {
+            // The model's own distribution, before the sampler adjusts the logits.
+            let raw = job.logprobs.map(|_| logits.clone());
             let token = sampler.sample(&mut logits, &history);
             generated += 1;
             if Some(token) == eos {
@@ -268,6 +320,12 @@ impl Worker {
                 break;
             }
             history.push(token);
+            if let (Some(raw), Some(top)) = (raw, job.logprobs) {
+                let entry = self.logprob_of(&raw, token, top);
+                if job.events.blocking_send(GenerationEvent::Logprob(entry)).is_err() {
+                    return Ok(None);
+                }
+            }
             // Control tokens (<|im_start|>, <|endoftext|>…) are markup, not text.
             let bytes = if self.tokenizer.is_special(token) { Vec::new() } else { self.tokenizer.token_bytes(token) };
             let released = stream.push(&bytes);
@@ -294,8 +352,16 @@ impl Worker {
             prompt_tokens: job.prompt_ids.len(),
             completion_tokens: generated,
             finish_reason: finish,
+            logprobs: Vec::new(),
             prefill,
             decode: decode_started.elapsed(),
         }))
+    }
+
+    /// `token`'s log-probability under `logits`, with the `top` most likely tokens.
+    fn logprob_of(&self, logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+        let (logprob, best) = log_probs(logits, token, top);
+        let choice = |id: u32, logprob: f32| TokenChoice { id, bytes: self.tokenizer.token_bytes(id), logprob };
+        TokenLogprob { token: choice(token, logprob), top: best.into_iter().map(|(id, l)| choice(id, l)).collect() }
     }
 }

@@ -20,7 +20,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, DecoderWrapper, Encoding, PreTokenizerWrapper, SplitDelimiterBehavior, Token, Tokenizer};
 
 use super::gguf::{GgufError, GgufFile};
 
@@ -333,6 +333,24 @@ impl TextTokenizer {
         let encodings =
             self.inner.encode_batch(texts.to_vec(), add_special).map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(encodings.iter().map(|e| self.frame(e.get_ids(), add_special)).collect())
+    }
+
+    /// Token ids given directly, framed as [`Self::encode`] with `add_special` frames a
+    /// text's: the model's framing tokens ([CLS]/[SEP], or BOS) are added around them.
+    pub fn frame_ids(&self, ids: &[u32]) -> Result<Vec<u32>, TokenizerError> {
+        let vocab_size = self.vocab_size();
+        let tokens = ids
+            .iter()
+            .map(|&id| match self.inner.id_to_token(id) {
+                Some(value) => Ok(Token::new(id, value, (0, 0))),
+                None => Err(TokenizerError::UnknownId { id, vocab_size }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let encoding = self
+            .inner
+            .post_process(Encoding::from_tokens(tokens, 0), None, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(self.frame(encoding.get_ids(), true))
     }
 
     fn frame(&self, ids: &[u32], add_special: bool) -> Vec<u32> {

@@ -35,6 +35,9 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the server exited during start-up ({status}); its log is above");
+            }
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 if v["message"] == "listening" {
