@@ -21,6 +21,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub retrieval: crate::memory::ranking::RankingWeights,
     pub chat: crate::memory::chat::ChatConfig,
+    pub extraction: crate::memory::extract::ExtractionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +126,7 @@ impl Settings {
         let settings: Settings =
             builder.build().and_then(|c| c.try_deserialize()).map_err(|e| format!("configuration: {e}"))?;
         settings.index.validate()?;
+        settings.extraction.validate()?;
         Ok(settings)
     }
 
@@ -150,6 +152,7 @@ mod tests {
         assert_eq!(s.index, IndexParams::default());
         assert_eq!(s.store.data_dir, PathBuf::from("./data"));
         assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!((s.extraction.memory_mb, s.extraction.max_text_bytes), (1024, 16 << 20));
     }
 
     #[test]
@@ -185,5 +188,7 @@ mod tests {
         assert!(err.contains("ef_search"), "{err}");
         let err = load(&[("ENGRAM_SERVER__NO_SUCH_KEY", "1")]).unwrap_err();
         assert!(err.contains("no_such_key"), "{err}");
+        let err = load(&[("ENGRAM_EXTRACTION__CPU_SECS", "0")]).unwrap_err();
+        assert!(err.contains("extraction.cpu_secs"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod chunking;
 pub mod context;
 pub mod documents;
+pub mod extract;
 pub mod ingest_jobs;
 pub mod lexical;
 pub mod ranking;
