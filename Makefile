@@ -25,7 +25,9 @@ CARGO ?= cargo
 
 .PHONY: run test setup build models bench bench-corpus bench-compare
 
-run: setup
+# `build` first: `cargo run` would build only `engram`, not the `engram-extract` it runs
+# for every PDF and HTML upload.
+run: build
 	$(CARGO) run --release -- serve $(ARGS)
 
 TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGES)))

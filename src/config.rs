@@ -22,6 +22,7 @@ pub struct Settings {
     pub retrieval: crate::memory::ranking::RankingWeights,
     pub chat: crate::memory::chat::ChatConfig,
     pub limits: crate::memory::limits::Limits,
+    pub extraction: crate::memory::extract::ExtractionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +127,7 @@ impl Settings {
         let settings: Settings =
             builder.build().and_then(|c| c.try_deserialize()).map_err(|e| format!("configuration: {e}"))?;
         settings.index.validate()?;
+        settings.extraction.validate()?;
         Ok(settings)
     }
 
@@ -151,6 +153,7 @@ mod tests {
         assert_eq!(s.index, IndexParams::default());
         assert_eq!(s.store.data_dir, PathBuf::from("./data"));
         assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!((s.extraction.memory_mb, s.limits.document_text_bytes), (1024, 16 << 20));
     }
 
     #[test]
@@ -186,5 +189,7 @@ mod tests {
         assert!(err.contains("ef_search"), "{err}");
         let err = load(&[("ENGRAM_SERVER__NO_SUCH_KEY", "1")]).unwrap_err();
         assert!(err.contains("no_such_key"), "{err}");
+        let err = load(&[("ENGRAM_EXTRACTION__CPU_SECS", "0")]).unwrap_err();
+        assert!(err.contains("extraction.cpu_secs"), "{err}");
     }
 }

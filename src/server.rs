@@ -13,6 +13,7 @@ use crate::api::{self, AppState};
 use crate::config::{CudaDtype, ModelConfig, Settings};
 use crate::memory::chat::Chat;
 use crate::memory::documents::Documents;
+use crate::memory::extract::{ExtractionConfig, Extractor};
 use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
@@ -56,7 +57,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         state.set_chat(Chat::new(memory.clone(), generator, settings.chat.clone()));
     }
     if let Some(embedder) = engine.embedder.clone() {
-        let documents = Documents::new(memory.clone(), embedder);
+        let extraction =
+            ExtractionConfig { max_text_bytes: settings.limits.document_text_bytes, ..settings.extraction.clone() };
+        let extractor = Extractor::new(extraction);
+        if let Err(e) = extractor.check() {
+            tracing::error!("{e}");
+        }
+        let documents = Documents::new(memory.clone(), embedder, extractor);
         // Serving matters more than an old job: a record that cannot be read is reported,
         // and the upload can be repeated.
         if let Err(e) = documents.resume_jobs().await {

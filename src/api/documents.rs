@@ -15,7 +15,7 @@ use super::auth::Tenant;
 use super::error::{ApiError, ApiJson};
 use super::memories::rfc3339;
 use super::AppState;
-use crate::memory::documents::{document_id, document_user, extract_text, Ingested, JobView, NewDocument};
+use crate::memory::documents::{document_id, document_user, Documents, ExtractError, Ingested, JobView, NewDocument};
 use crate::store::records::{Document, DocumentStatus};
 
 /// A document as the API shows it.
@@ -65,7 +65,7 @@ pub struct CreateDocument {
 }
 
 /// Reads a multipart upload: a `file` field, optional `title`, `user_id`, `metadata`.
-async fn from_multipart(mut form: Multipart) -> Result<NewDocument, ApiError> {
+async fn from_multipart(documents: &Documents, mut form: Multipart) -> Result<NewDocument, ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| ApiError::bad_request(format!("multipart body: {e}"));
     let mut doc = NewDocument { metadata: Value::Null, ..Default::default() };
     let mut file: Option<(String, Option<String>, Vec<u8>)> = None;
@@ -87,7 +87,7 @@ async fn from_multipart(mut form: Multipart) -> Result<NewDocument, ApiError> {
         }
     }
     let (name, content_type, bytes) = file.ok_or_else(|| ApiError::bad_request("file is required"))?;
-    let (mime, text) = extract_text(&name, content_type.as_deref(), bytes).await?;
+    let (mime, text) = documents.extract(&name, content_type.as_deref(), bytes).await?;
     if text.trim().is_empty() {
         return Err(ApiError::bad_request(format!("text: no text could be read from file `{name}`")));
     }
@@ -101,13 +101,16 @@ async fn from_multipart(mut form: Multipart) -> Result<NewDocument, ApiError> {
 }
 
 /// Reads a JSON upload; `mime: text/html` text is stripped of its markup like an upload.
-fn from_json(req: CreateDocument) -> Result<NewDocument, ApiError> {
+async fn from_json(documents: &Documents, req: CreateDocument) -> Result<NewDocument, ApiError> {
     if req.title.trim().is_empty() {
         return Err(ApiError::bad_request("title is empty"));
     }
     let mime = req.mime.unwrap_or_else(|| "text/plain".to_owned());
     let text = if mime == "text/html" {
-        crate::memory::documents::html_to_text(&req.text).map_err(|e| ApiError::bad_request(format!("text: {e}")))?
+        documents.html_text(req.text).await.map_err(|e| match e {
+            ExtractError::Internal(_) => ApiError::from(e),
+            _ => ApiError::from(e).with_param("text"),
+        })?
     } else {
         req.text
     };
@@ -138,10 +141,10 @@ pub async fn create(
         let form = Multipart::from_request(req, &state)
             .await
             .map_err(|r| ApiError::new(r.status(), "invalid_request", r.body_text()))?;
-        from_multipart(form).await?
+        from_multipart(documents, form).await?
     } else {
         let ApiJson(body) = ApiJson::<CreateDocument>::from_request(req, &state).await?;
-        from_json(body)?
+        from_json(documents, body).await?
     };
     Ok(match documents.ingest(&tenant, new).await? {
         Ingested::Stored(d) => (StatusCode::CREATED, Json(document_json(&d))).into_response(),

@@ -157,6 +157,7 @@ impl From<ExtractError> for ApiError {
             ExtractError::TooLarge(m) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m).with_param("file")
             }
+            ExtractError::Internal(m) => ApiError::internal(m),
         }
     }
 }

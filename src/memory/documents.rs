@@ -15,6 +15,7 @@ use serde_json::Value;
 use ulid::Ulid;
 
 use super::chunking::{chunk_text, Chunk, ChunkParams};
+use super::extract::{Extractor, Format, Origin};
 use super::ingest_jobs::{JobBook, MAX_ATTEMPTS};
 pub use super::ingest_jobs::{JobStatus, JobView};
 use super::keyed_lock::KeyedLocks;
@@ -61,6 +62,9 @@ pub enum ExtractError {
     /// A file whose text is over the configured limit (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
+    /// The server could not run the extraction at all (HTTP 500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What an ingestion did.
@@ -90,6 +94,7 @@ struct Prepared {
 pub struct Documents {
     memory: MemoryService,
     embedder: Embedder,
+    extractor: Extractor,
     /// Serialises "is this text already here?" with the write or job start that follows,
     /// per tenant, owner and content: two identical uploads at once still make one
     /// document, and nothing else waits on them.
@@ -102,8 +107,10 @@ pub fn document_user(doc: &Document) -> &str {
 }
 
 /// Reads the text of an uploaded file, chosen by its extension (or, without one, its
-/// declared content type). Returns the MIME type and the text.
+/// declared content type). Returns the MIME type and the text. PDF and HTML are parsed
+/// in a child process (see [`super::extract`]); plain text only has to be UTF-8.
 pub async fn extract_text(
+    extractor: &Extractor,
     file_name: &str,
     content_type: Option<&str>,
     bytes: Vec<u8>,
@@ -126,39 +133,43 @@ pub async fn extract_text(
             )))
         }
     };
-    let not_utf8 = |_| ExtractError::Invalid(format!("file: `{file_name}` is not UTF-8 text"));
+    let not_utf8 = || ExtractError::Invalid(format!("file: `{file_name}` is not UTF-8 text"));
+    let origin = Origin { field: "file", file_name: Some(file_name) };
     let text = match kind {
         "text/html" => {
-            let html = String::from_utf8(bytes).map_err(not_utf8)?;
-            html_to_text(&html).map_err(|e| ExtractError::Invalid(format!("file: cannot read the HTML: {e}")))?
+            std::str::from_utf8(&bytes).map_err(|_| not_utf8())?;
+            extractor.extract(Format::Html, origin, bytes).await?
         }
-        "application/pdf" => {
-            // Parsing is CPU-bound, and pdf-extract may panic on malformed files: the
-            // blocking pool keeps it off the async workers and turns a panic into an error.
-            tokio::task::spawn_blocking(move || pdf_extract::extract_text_from_mem(&bytes))
-                .await
-                .map_err(|_| ExtractError::Invalid(format!("file: cannot read the PDF `{file_name}`")))?
-                .map_err(|e| ExtractError::Invalid(format!("file: cannot read the PDF `{file_name}`: {e}")))?
-        }
-        _ => String::from_utf8(bytes).map_err(not_utf8)?,
+        "application/pdf" => extractor.extract(Format::Pdf, origin, bytes).await?,
+        _ => String::from_utf8(bytes).map_err(|_| not_utf8())?,
     };
     Ok((kind, text))
 }
 
-/// HTML as plain text: no decorations (`*`, link footnotes), and lines wide enough that
-/// paragraphs are not wrapped into fragments.
-pub fn html_to_text(html: &str) -> Result<String, String> {
-    html2text::config::plain_no_decorate().string_from_read(html.as_bytes(), 10_000).map_err(|e| e.to_string())
-}
-
 impl Documents {
-    /// Ingestion over the memory service's store, with the embedding model given.
-    pub fn new(memory: MemoryService, embedder: Embedder) -> Self {
-        Self { memory, embedder, admit: KeyedLocks::default() }
+    /// Ingestion over the memory service's store, with the embedding model given, and
+    /// uploads read by `extractor`.
+    pub fn new(memory: MemoryService, embedder: Embedder, extractor: Extractor) -> Self {
+        Self { memory, embedder, extractor, admit: KeyedLocks::default() }
     }
 
     fn jobs(&self) -> &JobBook {
         self.memory.jobs()
+    }
+
+    /// [`extract_text`] within this service's extraction limits.
+    pub async fn extract(
+        &self,
+        file_name: &str,
+        content_type: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<(&'static str, String), ExtractError> {
+        extract_text(&self.extractor, file_name, content_type, bytes).await
+    }
+
+    /// The text of HTML sent in a JSON body (`mime: "text/html"`), read like an upload.
+    pub async fn html_text(&self, html: String) -> Result<String, ExtractError> {
+        self.extractor.extract(Format::Html, Origin { field: "text", file_name: None }, html.into_bytes()).await
     }
 
     /// Ingests a document for `tenant`; see the module documentation.

@@ -8,6 +8,7 @@ pub mod chunking;
 pub mod compression;
 pub mod context;
 pub mod documents;
+pub mod extract;
 pub mod ingest_jobs;
 pub mod keyed_lock;
 pub mod lexical;

@@ -151,6 +151,36 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server's process id, to read its memory use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// POSTs a multipart form with one `file` field to `/v1/documents`. Err when no HTTP
+    /// answer came back at all (the connection dropped, the server died).
+    pub fn upload(&self, key: Option<&str>, file_name: &str, bytes: &[u8]) -> Result<(u16, serde_json::Value), String> {
+        let boundary = "engram-upload-boundary-7c1d";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut req = ureq::post(&format!("{}/v1/documents", self.base))
+            .set("Content-Type", &format!("multipart/form-data; boundary={boundary}"));
+        if let Some(key) = key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        let res = match req.send_bytes(&body) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(format!("upload {file_name}: {e}")),
+        };
+        Ok((res.status(), res.into_json().unwrap_or_default()))
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
