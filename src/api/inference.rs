@@ -2,7 +2,9 @@
 //! `/v1/completions` (streamed as server-sent events on request) and `/v1/models`.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -220,15 +222,75 @@ struct ChunkChoice {
 }
 
 /// Runs `produce` as a task feeding a channel, and exposes the channel as the stream
-/// an SSE response wants. The task ends when the client disconnects.
+/// an SSE response wants. Every streamed endpoint goes through here, and so through the
+/// stall timeout of [`EventSink::send`]: the task ends when the client disconnects or
+/// stops reading, and a generation it forwards is dropped with it.
 pub fn async_stream<F, Fut>(produce: F) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>>
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    F: FnOnce(EventSink) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let stall = STREAM_STALL_TIMEOUT.try_with(|t| *t).unwrap_or(DEFAULT_STREAM_STALL_TIMEOUT);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(produce(tx));
+    let sink = EventSink { tx, stall, gone: AtomicBool::new(false) };
+    tokio::spawn(tracing::Instrument::in_current_span(produce(sink)));
     tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+/// The producing end of a streamed response.
+pub struct EventSink {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    stall: Duration,
+    /// Set once the client left or stalled: later sends fail at once.
+    gone: AtomicBool,
+}
+
+/// The client of a streamed response left, or stopped reading.
+#[derive(Debug)]
+pub struct StreamGone;
+
+impl EventSink {
+    /// Queues `event` for the client. The queue is short, so this waits while the
+    /// client reads slowly, but not longer than `server.stream_stall_timeout_secs` with
+    /// nothing read: past that the stream is given up (the caller then returns, which
+    /// drops the generation it forwards).
+    pub async fn send(&self, event: Event) -> Result<(), StreamGone> {
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(StreamGone);
+        }
+        let sent = match tokio::time::timeout(self.stall, self.tx.send(event)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!(stall_secs = self.stall.as_secs(), "the client stopped reading its stream; dropping it");
+                false
+            }
+        };
+        self.gone.store(!sent, Ordering::Relaxed);
+        if sent {
+            Ok(())
+        } else {
+            Err(StreamGone)
+        }
+    }
+}
+
+/// Used outside a request (unit tests); requests get the configured value.
+const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+tokio::task_local! {
+    /// The stall timeout for streams made while serving the current request. A task-local
+    /// set by a layer around every route (see [`stream_stall_timeout_scope`]), so that the
+    /// handlers that stream need not carry the setting to [`async_stream`].
+    static STREAM_STALL_TIMEOUT: Duration;
+}
+
+/// Middleware: runs the request with `server.stream_stall_timeout_secs` in scope.
+pub async fn stream_stall_timeout_scope(
+    State(timeout): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    STREAM_STALL_TIMEOUT.scope(timeout, next.run(request)).await
 }
 
 pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Json<Value>, ApiError> {
