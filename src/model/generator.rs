@@ -280,7 +280,14 @@ impl Worker {
             // A panic answers this job with an error; the thread carries on.
             let outcome = model_thread::catch(|| self.generate(job)).unwrap_or_else(Err);
             let event = match outcome {
-                Ok(Outcome::Finished(summary)) => GenerationEvent::Done(summary),
+                Ok(Outcome::Finished(summary)) => {
+                    tracing::info!(
+                        prompt_tokens = summary.prompt_tokens, completion_tokens = summary.completion_tokens,
+                        finish_reason = ?summary.finish_reason, decode_ms = summary.decode.as_millis() as u64,
+                        "generation finished"
+                    );
+                    GenerationEvent::Done(summary)
+                }
                 Ok(Outcome::Cancelled { completion_tokens }) => {
                     tracing::info!(completion_tokens, "generation cancelled: its caller went away");
                     continue;
