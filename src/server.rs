@@ -51,7 +51,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Signals are caught from here on, start-up included.
     let shutdown = Shutdown::listen()?;
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown.requested()).into_future());
-    state.startup.expect(&parts(&settings.model));
+    state.startup.set_loading(&parts(&settings.model));
     tracing::info!(%address, authentication = !open, "listening");
 
     let mut store_opening = tokio::spawn(open_store(settings.store_config(), state.clone()));

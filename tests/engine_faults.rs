@@ -97,6 +97,8 @@ fn a_crashed_model_thread_is_restarted_and_serves_again() {
     let (status, _) = server.post("/v1/completions", &greedy(false));
     assert_eq!(status, 503);
     assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not queued");
+    let (status, _) = server.post_text("/v1/completions", &greedy(true));
+    assert_eq!(status, 503, "a stream is refused before it starts");
     let mut seen_restarting = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -27,7 +27,7 @@ struct Progress {
 
 impl Startup {
     /// The parts start-up will load ("store", "embedder"…), all pending.
-    pub fn expect(&self, parts: &[&'static str]) {
+    pub fn set_loading(&self, parts: &[&'static str]) {
         self.0.lock().loading = parts.to_vec();
     }
 

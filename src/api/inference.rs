@@ -304,3 +304,57 @@ pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Jso
     }
     Ok(Json(json!({ "object": "list", "data": data })))
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// A stream made while serving a request configured with a 5 s stall timeout.
+    async fn stream_with_stall_timeout<F, Fut>(
+        produce: F,
+    ) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>>
+    where
+        F: FnOnce(EventSink) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        STREAM_STALL_TIMEOUT.scope(Duration::from_secs(5), async { async_stream(produce) }).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_nobody_reads_is_given_up_after_the_stall_timeout() {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let started = tokio::time::Instant::now();
+        let _unread = stream_with_stall_timeout(move |sink| async move {
+            let mut count = 0;
+            while sink.send(Event::default().data("x")).await.is_ok() {
+                count += 1;
+            }
+            // Once given up, a send fails at once rather than waiting again.
+            assert!(sink.send(Event::default().data("y")).await.is_err());
+            let _ = done.send(count);
+        })
+        .await;
+        assert_eq!(sent.await.unwrap(), 16, "the queue filled, then nothing more was taken");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_keeps_its_stream() {
+        let mut stream = stream_with_stall_timeout(|sink| async move {
+            for i in 0..40 {
+                if sink.send(Event::default().data(i.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let mut read = 0;
+        while stream.next().await.is_some() {
+            read += 1;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        assert_eq!(read, 40);
+    }
+}

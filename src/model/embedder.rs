@@ -124,6 +124,9 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Embeddings { vectors: Vec::new(), tokens: 0, truncated: Vec::new() });
         }
+        if !self.is_running() {
+            return Err(EngineError::Stopped("embedder"));
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job { texts, reply, span: tracing::Span::current() };
         self.jobs.try_send(job).map_err(|e| match e {

@@ -203,6 +203,9 @@ impl Generator {
                 prompt_ids.len()
             )));
         }
+        if !self.is_running() {
+            return Err(EngineError::Stopped("chat model"));
+        }
         let max_tokens = req.max_tokens.min(context - prompt_ids.len());
         let (events, stream) = mpsc::unbounded_channel();
         let job = Job {

@@ -108,6 +108,9 @@ where
             let loaded = catch(|| (self.load)()).unwrap_or_else(Err);
             let model = match (loaded, ready.take()) {
                 (Ok((model, info)), Some(ready)) => {
+                    // Running before the starter hears of it: its handle never sees the
+                    // model as down.
+                    self.liveness.set(true);
                     let _ = ready.send(Ok((info, started.elapsed())));
                     model
                 }
@@ -117,6 +120,7 @@ where
                         load_ms = started.elapsed().as_millis() as u64,
                         "model reloaded"
                     );
+                    self.liveness.set(true);
                     model
                 }
                 (Err(e), Some(ready)) => {
@@ -132,7 +136,6 @@ where
                     continue;
                 }
             };
-            self.liveness.set(true);
             let serving = Instant::now();
             let jobs = &mut self.jobs;
             let served = catch_unwind(AssertUnwindSafe(|| (self.serve)(model, jobs)));
