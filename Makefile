@@ -33,9 +33,10 @@ run: build
 TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGES)))
 
 # Passive OpenMP waits: tests run model code in parallel threads and processes on few
-# cores, where spinning waits starve the working threads (see src/main.rs).
+# cores, where spinning waits starve the working threads (see src/main.rs). The tests
+# build with the `failpoints` feature (fault injection); `make run` does not.
 test: setup $(TEST_STAMP)
-	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release
+	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release --features failpoints
 
 $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q $(TEST_PACKAGES)

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// A streamed response whose client has read nothing for this long is dropped.
+    pub stream_stall_timeout_secs: u64,
     pub cors_allowed_origins: Vec<String>,
 }
 

@@ -1,12 +1,22 @@
-//! Running the service: bind, open the store, serve until SIGINT/SIGTERM, then drain
-//! requests, flush sled and save the index.
+//! Running the service. The server answers as soon as it is bound — `/healthz` at once,
+//! `/readyz` with what is still loading, the API with 503 — while the store opens and
+//! the models load side by side. It serves until SIGINT/SIGTERM, then drains requests,
+//! flushes sled and saves the index.
+//!
+//! A signal during start-up stops the server as cleanly: a store still opening gets the
+//! grace period to finish, so that it is closed in a known state; models still loading
+//! are abandoned (they only read files). A start-up that fails stops the server at once
+//! and ends the process with the error: the orchestrator learns from the exit status and
+//! the log, and a process that cannot serve would only delay its restart by lingering.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, AppState};
@@ -18,10 +28,12 @@ use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
 use crate::model::{DeviceSpec, Embedder, Engine, Generator, ResolvedDevice};
-use crate::store::Store;
+use crate::store::{Store, StoreConfig};
 
-/// Serves until a shutdown signal; returns once everything is saved.
+/// Serves until a shutdown signal; returns once everything is saved, or with the error
+/// that stopped the start-up.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    configure_failpoints()?;
     let device = resolve_device(&settings.model)?;
     tracing::info!(%device, cuda = tch::Cuda::is_available(), "inference device");
     let keys = ApiKeys::from_config(&settings.auth.keys, &settings.auth.open_tenant).map_err(anyhow::Error::msg)?;
@@ -37,18 +49,78 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
              or bind a loopback address"
         );
     }
+    // Signals are caught from here on, start-up included.
+    let shutdown = Shutdown::listen()?;
+    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown.requested()).into_future());
+    state.startup.set_loading(&parts(&settings.model));
     tracing::info!(%address, authentication = !open, "listening");
 
-    // The store and the models load side by side; either failing stops the start-up.
-    let store_config = settings.store_config();
-    let opening = tokio::task::spawn_blocking(move || Store::open(&store_config));
-    let model_config = settings.model.clone();
-    let loading = tokio::task::spawn_blocking(move || start_engine(&model_config, device));
-    let store =
-        opening.await?.with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
-    let store = Arc::new(store);
-    state.set_store(store.clone());
-    let engine = loading.await??;
+    let mut store_opening = tokio::spawn(open_store(settings.store_config(), state.clone()));
+    let started = tokio::select! {
+        started = start_up(&settings, device, &state, &mut store_opening) => Some(started),
+        () = shutdown.requested() => None,
+    };
+    let outcome = match started {
+        Some(Ok(())) => {
+            tracing::info!("ready");
+            let saver = state
+                .store()
+                .map(|s| tokio::spawn(save_index_periodically(s.clone(), settings.store.index_save_interval_secs)));
+            shutdown.requested().await;
+            if let Some(saver) = saver {
+                saver.abort();
+            }
+            Ok(())
+        }
+        Some(Err(e)) => {
+            let message = format!("{e:#}");
+            tracing::error!(error = %message, "start-up failed; stopping");
+            state.startup.failed(message);
+            shutdown.request();
+            Err(e.context("start-up failed"))
+        }
+        None => {
+            tracing::info!(loading = ?state.startup.loading(), "shutting down during start-up");
+            Ok(())
+        }
+    };
+    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    drain(server, grace).await?;
+    if !store_opening.is_finished() {
+        tracing::info!("waiting for the store to finish opening");
+        if tokio::time::timeout(grace, &mut store_opening).await.is_err() {
+            tracing::warn!("the store is still opening after the grace period; exiting without closing it");
+        }
+    }
+    close_store(&state).await?;
+    outcome?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// The parts start-up loads, as `/readyz` names them.
+fn parts(model: &ModelConfig) -> Vec<&'static str> {
+    let mut parts = vec!["store"];
+    if !model.embedder.as_os_str().is_empty() {
+        parts.push("embedder");
+    }
+    if !model.generator.as_os_str().is_empty() {
+        parts.push("generator");
+    }
+    parts.push("memory");
+    parts
+}
+
+/// Waits for the store and the models, then builds the services on them and makes them
+/// available to the handlers. Fails as soon as any part fails.
+async fn start_up(
+    settings: &Settings,
+    device: ResolvedDevice,
+    state: &Arc<AppState>,
+    store_opening: &mut JoinHandle<anyhow::Result<Arc<Store>>>,
+) -> anyhow::Result<()> {
+    let store = async { store_opening.await.context("opening the store")? };
+    let (store, engine) = tokio::try_join!(store, load_models(&settings.model, device, state))?;
     let (memory_store, embedder, weights) = (store.clone(), engine.embedder.clone(), settings.retrieval.clone());
     let limits = settings.limits.clone();
     let memory =
@@ -73,42 +145,81 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     state.set_memory(memory);
     state.set_engine(engine);
-    tracing::info!("ready");
+    state.startup.loaded("memory");
+    Ok(())
+}
 
-    let saver = tokio::spawn(save_index_periodically(store.clone(), settings.store.index_save_interval_secs));
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = signalled_tx.send(());
-    });
-    let mut server = tokio::spawn(server.into_future());
-    // After the signal, running requests get the grace period to finish.
-    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
-    let grace_expired = async move {
-        match signalled_rx.await {
-            Ok(()) => {
-                tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining requests");
-                tokio::time::sleep(grace).await
-            }
-            Err(_) => std::future::pending().await,
-        }
+/// Opens the store and hands it to the handlers.
+async fn open_store(config: StoreConfig, state: Arc<AppState>) -> anyhow::Result<Arc<Store>> {
+    let dir = config.data_dir.clone();
+    let store = on_own_thread("store", move || {
+        fail::fail_point!("server::open_store");
+        Store::open(&config)
+    })
+    .await?
+    .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let store = Arc::new(store);
+    state.set_store(store.clone());
+    state.startup.loaded("store");
+    Ok(store)
+}
+
+/// Loads the configured models side by side, each reported to `/readyz` once loaded.
+async fn load_models(config: &ModelConfig, device: ResolvedDevice, state: &AppState) -> anyhow::Result<Engine> {
+    let kind = compute_kind(device, config.cuda_dtype);
+    let embedder = async {
+        let Some(load) = embedder_loader(config, device, kind) else { return Ok(None) };
+        let embedder = on_own_thread("embedder", load).await??;
+        state.startup.loaded("embedder");
+        anyhow::Ok(Some(embedder))
     };
+    let generator = async {
+        let Some(load) = generator_loader(config, device, kind) else { return Ok(None) };
+        let generator = on_own_thread("generator", load).await??;
+        state.startup.loaded("generator");
+        anyhow::Ok(Some(generator))
+    };
+    let (embedder, generator) = tokio::try_join!(embedder, generator)?;
+    Ok(Engine { embedder, generator })
+}
+
+/// Runs `work` on a thread of its own and waits for it without holding a runtime
+/// thread. Unlike the blocking pool, which the runtime waits for when it shuts down,
+/// such a thread does not delay the exit when a signal stops a start-up under way.
+async fn on_own_thread<T: Send + 'static>(part: &str, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("engram-load-{part}"))
+        .spawn(move || {
+            let _ = done.send(work());
+        })
+        .with_context(|| format!("starting the thread that loads the {part}"))?;
+    result.await.with_context(|| format!("loading the {part} panicked"))
+}
+
+/// Waits until the server has stopped after the shutdown request: running requests get
+/// the grace period to finish.
+async fn drain(mut server: JoinHandle<std::io::Result<()>>, grace: Duration) -> anyhow::Result<()> {
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining requests");
     tokio::select! {
         finished = &mut server => finished??,
-        () = grace_expired => {
+        () = tokio::time::sleep(grace) => {
             tracing::warn!("requests still running after the grace period; stopping anyway");
             server.abort();
         }
     }
-    saver.abort();
+    Ok(())
+}
+
+/// Flushes the store and saves its index, when it was opened.
+async fn close_store(state: &AppState) -> anyhow::Result<()> {
+    let Some(store) = state.store().cloned() else { return Ok(()) };
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         store.flush().context("flushing the store")?;
         store.save_index().context("saving the index")?;
         Ok(())
     })
-    .await??;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    .await?
 }
 
 /// The configured device, checked against what libtorch sees here.
@@ -125,26 +236,47 @@ pub fn compute_kind(device: ResolvedDevice, cuda: CudaDtype) -> tch::Kind {
     }
 }
 
-/// Loads the configured models (each on its own thread); an empty path skips one.
-pub fn start_engine(config: &ModelConfig, device: ResolvedDevice) -> anyhow::Result<Engine> {
-    let kind = compute_kind(device, config.cuda_dtype);
-    let embedder = (!config.embedder.as_os_str().is_empty())
-        .then(|| {
-            let opts = EmbedderOptions {
-                queue_capacity: config.embedder_queue,
-                max_batch_tokens: config.embedder_max_batch_tokens,
-                threads: config.threads,
-            };
-            Embedder::start(&config.embedder, device, kind, opts)
-        })
-        .transpose()?;
-    let generator = (!config.generator.as_os_str().is_empty())
-        .then(|| {
-            let opts = GeneratorOptions { queue_capacity: config.generator_queue, threads: config.threads };
-            Generator::start(&config.generator, device, kind, opts)
-        })
-        .transpose()?;
-    Ok(Engine { embedder, generator })
+/// How to load the configured embedding model, unless its path is empty.
+fn embedder_loader(
+    config: &ModelConfig,
+    device: ResolvedDevice,
+    kind: tch::Kind,
+) -> Option<impl FnOnce() -> anyhow::Result<Embedder> + Send + 'static> {
+    let dir = Some(config.embedder.clone()).filter(|p| !p.as_os_str().is_empty())?;
+    let opts = EmbedderOptions {
+        queue_capacity: config.embedder_queue,
+        max_batch_tokens: config.embedder_max_batch_tokens,
+        threads: config.threads,
+    };
+    Some(move || Ok(Embedder::start(&dir, device, kind, opts)?))
+}
+
+/// How to load the configured chat model, unless its path is empty.
+fn generator_loader(
+    config: &ModelConfig,
+    device: ResolvedDevice,
+    kind: tch::Kind,
+) -> Option<impl FnOnce() -> anyhow::Result<Generator> + Send + 'static> {
+    let path = Some(config.generator.clone()).filter(|p| !p.as_os_str().is_empty())?;
+    let opts = GeneratorOptions { queue_capacity: config.generator_queue, threads: config.threads };
+    Some(move || Ok(Generator::start(&path, device, kind, opts)?))
+}
+
+/// Fault injection for the tests: in a build with the `failpoints` feature, the
+/// `FAILPOINTS` variable (`name=actions;…`, the `fail` crate's syntax) configures the
+/// failpoints. Other builds ignore it.
+fn configure_failpoints() -> anyhow::Result<()> {
+    if !fail::has_failpoints() {
+        return Ok(());
+    }
+    let Ok(spec) = std::env::var("FAILPOINTS") else { return Ok(()) };
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, actions) =
+            entry.split_once('=').with_context(|| format!("FAILPOINTS: `{entry}` is not `name=actions`"))?;
+        fail::cfg(name.trim(), actions.trim()).map_err(|e| anyhow::anyhow!("FAILPOINTS: `{entry}`: {e}"))?;
+        tracing::warn!(failpoint = name.trim(), actions = actions.trim(), "fault injection configured");
+    }
+    Ok(())
 }
 
 async fn save_index_periodically(store: Arc<Store>, every_secs: u64) {
@@ -162,20 +294,51 @@ async fn save_index_periodically(store: Arc<Store>, every_secs: u64) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// The shutdown request: set by SIGINT or SIGTERM, or by a failed start-up; every
+/// waiter sees it.
+struct Shutdown(Arc<watch::Sender<bool>>);
+
+impl Shutdown {
+    /// Installs the signal handlers now (a signal that arrives before the first wait is
+    /// not lost) and starts watching for them.
+    fn listen() -> anyhow::Result<Self> {
+        let requested = Arc::new(watch::Sender::new(false));
+        let signals = signals().context("installing the signal handlers")?;
+        let on_signal = requested.clone();
+        tokio::spawn(async move {
+            signals.await;
+            on_signal.send_replace(true);
+        });
+        Ok(Self(requested))
+    }
+
+    fn request(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once shutdown is requested.
+    fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut watching = self.0.subscribe();
+        async move {
+            let _ = watching.wait_for(|&requested| requested).await;
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    }
+}
+
+/// A future that resolves on SIGINT or SIGTERM, with the handlers registered before it
+/// is returned.
+#[cfg(unix)]
+fn signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} }
+    })
+}
+
+#[cfg(not(unix))]
+fn signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::auth::Tenant;
 use super::error::{ApiError, ApiJson};
-use super::inference::async_stream;
+use super::inference::{async_stream, EventSink};
 use super::openai_fields::{
     max_tokens, only_one, stop_list, token_ids, unsupported, CompletionLogprobs, Item, OneOrMany, SamplingFields,
     StreamOptions, TextOrTokens, Usage,
@@ -174,8 +174,8 @@ pub async fn completions(
 async fn stream_completion(
     chunks: Chunks,
     answer: Answer,
-    mut events: tokio::sync::mpsc::Receiver<GenerationEvent>,
-    tx: tokio::sync::mpsc::Sender<Event>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>,
+    tx: EventSink,
 ) {
     let mut shape = CompletionLogprobs::after(&answer.echo);
     let mut pending: Vec<TokenLogprob> = Vec::new();

@@ -2,10 +2,13 @@
 //! `/v1/models` (`/v1/completions` is in `completions.rs`).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::Event;
+use axum::response::Response;
 use axum::Json;
 use base64::Engine as _;
 use serde::de::IgnoredAny;
@@ -126,15 +129,75 @@ fn base64_f32(v: &[f32]) -> String {
 }
 
 /// Runs `produce` as a task feeding a channel, and exposes the channel as the stream
-/// an SSE response wants. The task ends when the client disconnects.
+/// an SSE response wants. Every streamed endpoint goes through here, and so through the
+/// stall timeout of [`EventSink::send`]: the task ends when the client disconnects or
+/// stops reading, and a generation it forwards is dropped with it.
 pub fn async_stream<F, Fut>(produce: F) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>>
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    F: FnOnce(EventSink) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let stall = STREAM_STALL_TIMEOUT.try_with(|t| *t).unwrap_or(DEFAULT_STREAM_STALL_TIMEOUT);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(produce(tx));
+    let sink = EventSink { tx, stall, gone: AtomicBool::new(false) };
+    tokio::spawn(tracing::Instrument::in_current_span(produce(sink)));
     tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+/// The producing end of a streamed response.
+pub struct EventSink {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    stall: Duration,
+    /// Set once the client left or stalled: later sends fail at once.
+    gone: AtomicBool,
+}
+
+/// The client of a streamed response left, or stopped reading.
+#[derive(Debug)]
+pub struct StreamGone;
+
+impl EventSink {
+    /// Queues `event` for the client. The queue is short, so this waits while the
+    /// client reads slowly, but not longer than `server.stream_stall_timeout_secs` with
+    /// nothing read: past that the stream is given up (the caller then returns, which
+    /// drops the generation it forwards).
+    pub async fn send(&self, event: Event) -> Result<(), StreamGone> {
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(StreamGone);
+        }
+        let sent = match tokio::time::timeout(self.stall, self.tx.send(event)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!(stall_secs = self.stall.as_secs(), "the client stopped reading its stream; dropping it");
+                false
+            }
+        };
+        self.gone.store(!sent, Ordering::Relaxed);
+        if sent {
+            Ok(())
+        } else {
+            Err(StreamGone)
+        }
+    }
+}
+
+/// Used outside a request (unit tests); requests get the configured value.
+const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+tokio::task_local! {
+    /// The stall timeout for streams made while serving the current request. A task-local
+    /// set by a layer around every route (see [`stream_stall_timeout_scope`]), so that the
+    /// handlers that stream need not carry the setting to [`async_stream`].
+    static STREAM_STALL_TIMEOUT: Duration;
+}
+
+/// Middleware: runs the request with `server.stream_stall_timeout_secs` in scope.
+pub async fn stream_stall_timeout_scope(
+    State(timeout): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    STREAM_STALL_TIMEOUT.scope(timeout, next.run(request)).await
 }
 
 pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Json<Value>, ApiError> {
@@ -147,4 +210,58 @@ pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Jso
         data.push(json!({ "id": g.info().name, "object": "model", "owned_by": "engram", "kind": "chat", "details": g.info() }));
     }
     Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// A stream made while serving a request configured with a 5 s stall timeout.
+    async fn stream_with_stall_timeout<F, Fut>(
+        produce: F,
+    ) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>>
+    where
+        F: FnOnce(EventSink) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        STREAM_STALL_TIMEOUT.scope(Duration::from_secs(5), async { async_stream(produce) }).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_nobody_reads_is_given_up_after_the_stall_timeout() {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let started = tokio::time::Instant::now();
+        let _unread = stream_with_stall_timeout(move |sink| async move {
+            let mut count = 0;
+            while sink.send(Event::default().data("x")).await.is_ok() {
+                count += 1;
+            }
+            // Once given up, a send fails at once rather than waiting again.
+            assert!(sink.send(Event::default().data("y")).await.is_err());
+            let _ = done.send(count);
+        })
+        .await;
+        assert_eq!(sent.await.unwrap(), 16, "the queue filled, then nothing more was taken");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_keeps_its_stream() {
+        let mut stream = stream_with_stall_timeout(|sink| async move {
+            for i in 0..40 {
+                if sink.send(Event::default().data(i.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let mut read = 0;
+        while stream.next().await.is_some() {
+            read += 1;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        assert_eq!(read, 40);
+    }
 }

@@ -196,6 +196,7 @@ mod tests {
             request_timeout_secs: 1,
             body_limit_bytes: 1024,
             shutdown_grace_secs: 1,
+            stream_stall_timeout_secs: 30,
             cors_allowed_origins: vec!["https://app.example".into()],
         }
     }

@@ -14,6 +14,7 @@ mod openai;
 mod openai_fields;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -26,9 +27,11 @@ use crate::model::{Engine, ResolvedDevice};
 use crate::store::Store;
 use auth::ApiKeys;
 use error::ApiError;
+pub use health::Startup;
 
-/// What handlers share. The store is opened after the listener is bound (opening can
-/// rebuild the index), so until then it is absent and `/readyz` says so.
+/// What handlers share. The server answers as soon as the listener is bound, while the
+/// store opens (which can rebuild the index) and the models load: until then these are
+/// absent, the `ready_*` helpers answer 503, and `/readyz` says what is still loading.
 pub struct AppState {
     store: OnceLock<Arc<Store>>,
     engine: OnceLock<Engine>,
@@ -39,6 +42,8 @@ pub struct AppState {
     /// Whether over-long embedding inputs are cut (true) or refused.
     pub embedder_truncates: bool,
     pub keys: ApiKeys,
+    /// What start-up is still loading, or why it failed.
+    pub startup: Startup,
 }
 
 impl AppState {
@@ -52,6 +57,7 @@ impl AppState {
             device,
             embedder_truncates,
             keys,
+            startup: Startup::default(),
         })
     }
 
@@ -135,6 +141,10 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/sessions/{id}/messages", post(chat::import_messages))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_secs(config.stream_stall_timeout_secs.max(1)),
+            inference::stream_stall_timeout_scope,
+        ))
         .with_state(state.clone());
     middleware::apply(routes, config, !state.keys.required())
 }

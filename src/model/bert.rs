@@ -106,7 +106,9 @@ impl Linear {
         let inp = *shape.last().unwrap_or(&0);
         let out = self.weight_t.size()[1];
         let y = Tensor::f_addmm(&self.bias, &x.f_reshape([-1, inp])?, &self.weight_t)?;
-        *shape.last_mut().expect("at least 1-d") = out;
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
         y.f_view(shape.as_slice())
     }
 }
@@ -293,6 +295,8 @@ impl BertEncoder {
                 return Err(BertError::TokenOutOfRange { index, id, vocab_size: self.config.vocab_size });
             }
         }
+        // Where a fault in libtorch would strike (tests inject panics here).
+        fail::fail_point!("embedder::forward");
         let _no_grad = tch::no_grad_guard();
         let width = batch.iter().map(|ids| ids.len().min(self.max_seq_length)).max().unwrap_or(0);
         let mut ids = vec![0i64; batch.len() * width];

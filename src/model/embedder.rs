@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::bert::BertEncoder;
 use super::engine_error::EngineError;
-use super::model_thread;
+use super::model_thread::{self, Liveness};
 use super::tokenizer::TextTokenizer;
 use super::ResolvedDevice;
 
@@ -67,6 +67,7 @@ pub struct Embedder {
     tokenizer: Arc<TextTokenizer>,
     info: Arc<EmbedderInfo>,
     capacity: usize,
+    liveness: Liveness,
 }
 
 impl Embedder {
@@ -85,7 +86,9 @@ impl Embedder {
         let dir_owned = dir.to_path_buf();
         let worker_tokenizer = tokenizer.clone();
         let max_batch_tokens = opts.max_batch_tokens.max(1);
+        // Called again to reload the model after its thread crashed.
         let load = move || {
+            fail::fail_point!("embedder::load", |reason: Option<String>| Err(reason.unwrap_or_default()));
             let encoder = BertEncoder::load(&dir_owned, device.0, kind).map_err(|e| e.to_string())?;
             let info = EmbedderInfo {
                 name: model_name(&dir_owned),
@@ -97,17 +100,25 @@ impl Embedder {
             };
             Ok((encoder, info))
         };
-        let serve = move |encoder| Worker { encoder, tokenizer: worker_tokenizer, max_batch_tokens }.run(jobs_rx);
-        let (info, took) = model_thread::spawn("engram-embedder", opts.threads, load, serve).map_err(load_err)?;
+        let serve = move |encoder, jobs: &mut mpsc::Receiver<Job>| {
+            Worker { encoder, tokenizer: worker_tokenizer.clone(), max_batch_tokens }.run(jobs)
+        };
+        let (info, took, liveness) =
+            model_thread::spawn("engram-embedder", "embedder", opts.threads, jobs_rx, load, serve).map_err(load_err)?;
         tracing::info!(
             model = %info.name, parameters = info.parameters, dtype = %info.dtype, device = %info.device,
             load_ms = took.as_millis() as u64, "embedding model loaded"
         );
-        Ok(Self { jobs: jobs_tx, tokenizer, info: Arc::new(info), capacity: opts.queue_capacity })
+        Ok(Self { jobs: jobs_tx, tokenizer, info: Arc::new(info), capacity: opts.queue_capacity, liveness })
     }
 
     pub fn info(&self) -> &EmbedderInfo {
         &self.info
+    }
+
+    /// False while the model is being reloaded after its thread crashed.
+    pub fn is_running(&self) -> bool {
+        self.liveness.is_running()
     }
 
     /// Tokens `text` takes, special tokens included (as the model will see it, before
@@ -132,6 +143,9 @@ impl Embedder {
     pub async fn embed_inputs(&self, inputs: Vec<EmbedInput>) -> Result<Embeddings, EngineError> {
         if inputs.is_empty() {
             return Ok(Embeddings { vectors: Vec::new(), tokens: 0, truncated: Vec::new() });
+        }
+        if !self.is_running() {
+            return Err(EngineError::Stopped("embedder"));
         }
         let (reply, answer) = oneshot::channel();
         let job = Job { inputs, reply, span: tracing::Span::current() };
@@ -164,8 +178,10 @@ struct Item {
 }
 
 impl Worker {
-    fn run(self, mut jobs: mpsc::Receiver<Job>) {
+    fn run(&self, jobs: &mut mpsc::Receiver<Job>) {
         while let Some(first) = jobs.blocking_recv() {
+            // A fault outside the per-batch guard below: the supervisor restarts the thread.
+            fail::fail_point!("embedder::worker");
             // Whatever queued up while the last batch ran goes into this one. Texts are
             // counted at a typical 16 tokens here; the chunking in `serve` enforces the
             // real token budget per forward pass.
@@ -180,11 +196,19 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.serve(batch);
+            // A panic answers this batch's jobs with an error; the thread carries on.
+            let results = model_thread::catch(|| self.serve(&batch)).unwrap_or_else(|reason| {
+                tracing::error!(jobs = batch.len(), "embedding panicked: {reason}");
+                batch.iter().map(|_| Err(EngineError::Runtime { model: "embedder", reason: reason.clone() })).collect()
+            });
+            for (job, result) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
         }
     }
 
-    fn serve(&self, jobs: Vec<Job>) {
+    /// The answers to a batch of jobs, in order.
+    fn serve(&self, jobs: &[Job]) -> Vec<Result<Embeddings, EngineError>> {
         let limit = self.encoder.max_seq_length();
         let mut items = Vec::new();
         let mut results: Vec<Result<Embeddings, EngineError>> = Vec::with_capacity(jobs.len());
@@ -200,10 +224,9 @@ impl Worker {
                 };
                 match encoded {
                     Ok(mut ids) => {
-                        if ids.len() > limit {
+                        if let Some(&last) = ids.last().filter(|_| ids.len() > limit) {
                             // Keep the final [SEP]: the model was trained with it.
-                            let last = *ids.last().expect("non-empty");
-                            ids.truncate(limit - 1);
+                            ids.truncate(limit.saturating_sub(1));
                             ids.push(last);
                             truncated.push(i);
                         }
@@ -253,8 +276,6 @@ impl Worker {
             }
             start = end;
         }
-        for (job, result) in jobs.into_iter().zip(results) {
-            let _ = job.reply.send(result);
-        }
+        results
     }
 }

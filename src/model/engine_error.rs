@@ -16,7 +16,8 @@ pub enum EngineError {
     /// The model failed while running.
     #[error("{model} failed: {reason}")]
     Runtime { model: &'static str, reason: String },
-    /// The model's thread is gone (the server is shutting down).
-    #[error("the {0} is not running")]
+    /// The model is not taking jobs: its thread is restarting after a crash (the job
+    /// was dropped), or the server is shutting down (HTTP 503).
+    #[error("the {0} is not running (restarting or shutting down); retry later")]
     Stopped(&'static str),
 }

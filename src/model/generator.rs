@@ -2,8 +2,10 @@
 //! It serves one sequence at a time (what a CPU can do); requests carry everything a
 //! batched decoder would need, so batching can come later without changing callers.
 //!
-//! Text streams back through a bounded channel as it is generated. A caller that goes
-//! away (a dropped receiver) stops its generation at the next token.
+//! Text streams back through a channel as it is generated. The channel is unbounded (a
+//! generation is bounded by its `max_tokens` anyway), so the model never waits on a
+//! caller that reads slowly or not at all; a caller that goes away (a dropped receiver)
+//! stops its generation at the next token.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use super::chat_template::{ChatMessage, ChatTemplate};
 use super::engine_error::EngineError;
 use super::gguf::GgufFile;
 use super::llama::Llama;
-use super::model_thread;
+use super::model_thread::{self, Liveness};
 use super::sampling::{log_probs, Sampler, SamplingParams};
 use super::text_stream::TextStream;
 use super::tokenizer::TextTokenizer;
@@ -117,8 +119,17 @@ struct Job {
     sampling: SamplingParams,
     stop: Vec<String>,
     logprobs: Option<usize>,
-    events: mpsc::Sender<GenerationEvent>,
+    events: mpsc::UnboundedSender<GenerationEvent>,
     span: tracing::Span,
+}
+
+/// How a job ended, when it did not fail.
+enum Outcome {
+    Finished(GenerationSummary),
+    /// Its caller went away after this many tokens.
+    Cancelled {
+        completion_tokens: usize,
+    },
 }
 
 /// A cheap-to-clone handle to the generation thread.
@@ -129,6 +140,7 @@ pub struct Generator {
     template: Arc<ChatTemplate>,
     info: Arc<GeneratorInfo>,
     capacity: usize,
+    liveness: Liveness,
 }
 
 impl Generator {
@@ -147,7 +159,9 @@ impl Generator {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(opts.queue_capacity.max(1));
         let path_owned = path.to_path_buf();
         let worker_tokenizer = tokenizer.clone();
+        // Called again to reload the model after its thread crashed.
         let load = move || {
+            fail::fail_point!("generator::load", |reason: Option<String>| Err(reason.unwrap_or_default()));
             let model = super::llama_loader::load_gguf(&path_owned, device.0, kind).map_err(|e| e.to_string())?;
             let info = GeneratorInfo {
                 name: path_owned.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -158,8 +172,12 @@ impl Generator {
             };
             Ok((model, info))
         };
-        let serve = move |model| Worker { model, tokenizer: worker_tokenizer }.run(jobs_rx);
-        let (info, took) = model_thread::spawn("engram-generator", opts.threads, load, serve).map_err(load_err)?;
+        let serve = move |model, jobs: &mut mpsc::Receiver<Job>| {
+            Worker { model, tokenizer: worker_tokenizer.clone() }.run(jobs)
+        };
+        let (info, took, liveness) =
+            model_thread::spawn("engram-generator", "chat model", opts.threads, jobs_rx, load, serve)
+                .map_err(load_err)?;
         tracing::info!(
             model = %info.name, parameters = info.parameters, context = info.context_length,
             dtype = %info.dtype, device = %info.device, load_ms = took.as_millis() as u64, "chat model loaded"
@@ -170,11 +188,17 @@ impl Generator {
             template: Arc::new(template),
             info: Arc::new(info),
             capacity: opts.queue_capacity,
+            liveness,
         })
     }
 
     pub fn info(&self) -> &GeneratorInfo {
         &self.info
+    }
+
+    /// False while the model is being reloaded after its thread crashed.
+    pub fn is_running(&self) -> bool {
+        self.liveness.is_running()
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
@@ -193,7 +217,10 @@ impl Generator {
 
     /// Queues a generation and returns its event stream. Fails at once when the prompt
     /// does not fit the context window, or with `Overloaded` when the queue is full.
-    pub async fn generate(&self, req: GenerateRequest) -> Result<mpsc::Receiver<GenerationEvent>, EngineError> {
+    pub async fn generate(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, EngineError> {
         req.sampling.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
         if req.max_tokens == 0 {
             return Err(EngineError::Invalid("max_tokens must be at least 1".into()));
@@ -202,18 +229,10 @@ impl Generator {
         if let Some((id, _)) = req.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
             return Err(EngineError::Invalid(format!("logit_bias: token {id} is outside the vocabulary of {vocab}")));
         }
-        let prompt_ids = match req.prompt_ids {
-            Some(ids) => match ids.iter().find(|&&id| id as usize >= vocab) {
-                Some(id) => {
-                    return Err(EngineError::Invalid(format!(
-                        "prompt: token {id} is outside the vocabulary of {vocab}"
-                    )))
-                }
-                None => ids,
-            },
-            // The template already wrote any BOS it wants, so no special tokens are added.
-            None => self.tokenizer.encode(&req.prompt, false).map_err(|e| EngineError::Invalid(e.to_string()))?,
-        };
+        let (prompt_ids, req) = self.tokenize_prompt(req).await?;
+        if let Some(id) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::Invalid(format!("prompt: token {id} is outside the vocabulary of {vocab}")));
+        }
         let context = self.info.context_length;
         if prompt_ids.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
@@ -224,8 +243,11 @@ impl Generator {
                 prompt_ids.len()
             )));
         }
+        if !self.is_running() {
+            return Err(EngineError::Stopped("chat model"));
+        }
         let max_tokens = req.max_tokens.min(context - prompt_ids.len());
-        let (events, stream) = mpsc::channel(64);
+        let (events, stream) = mpsc::unbounded_channel();
         let job = Job {
             prompt_ids,
             max_tokens,
@@ -242,6 +264,24 @@ impl Generator {
             mpsc::error::TrySendError::Closed(_) => EngineError::Stopped("chat model"),
         })?;
         Ok(stream)
+    }
+
+    /// The prompt's token ids: as given, or the prompt text tokenised. Tokenising a long
+    /// prompt takes milliseconds of CPU, so it runs on the blocking pool rather than on
+    /// the async worker that called. The request comes back for the rest of its fields.
+    async fn tokenize_prompt(&self, mut req: GenerateRequest) -> Result<(Vec<u32>, GenerateRequest), EngineError> {
+        if let Some(ids) = req.prompt_ids.take() {
+            return Ok((ids, req));
+        }
+        let tokenizer = self.tokenizer.clone();
+        let (encoded, req) = tokio::task::spawn_blocking(move || {
+            // The template already wrote any BOS it wants, so no special tokens are added.
+            (tokenizer.encode(&req.prompt, false), req)
+        })
+        .await
+        .map_err(|e| EngineError::Runtime { model: "chat model", reason: format!("tokenising the prompt: {e}") })?;
+        let ids = encoded.map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok((ids, req))
     }
 
     /// Generates to the end and returns the whole text with its summary.
@@ -276,29 +316,42 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, mut jobs: mpsc::Receiver<Job>) {
+    fn run(&self, jobs: &mut mpsc::Receiver<Job>) {
         while let Some(job) = jobs.blocking_recv() {
+            // A fault outside the per-job guard below: the supervisor restarts the thread.
+            fail::fail_point!("generator::worker");
             let span = job.span.clone();
             let _enter = span.enter();
             if job.events.is_closed() {
                 continue; // its caller left while it waited
             }
             let events = job.events.clone();
-            let outcome = self.generate(job);
+            // A panic answers this job with an error; the thread carries on.
+            let outcome = model_thread::catch(|| self.generate(job)).unwrap_or_else(Err);
             let event = match outcome {
-                Ok(Some(summary)) => GenerationEvent::Done(summary),
-                Ok(None) => continue, // cancelled
+                Ok(Outcome::Finished(summary)) => {
+                    tracing::info!(
+                        prompt_tokens = summary.prompt_tokens, completion_tokens = summary.completion_tokens,
+                        finish_reason = ?summary.finish_reason, decode_ms = summary.decode.as_millis() as u64,
+                        "generation finished"
+                    );
+                    GenerationEvent::Done(summary)
+                }
+                Ok(Outcome::Cancelled { completion_tokens }) => {
+                    tracing::info!(completion_tokens, "generation cancelled: its caller went away");
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!("generation failed: {e}");
                     GenerationEvent::Failed(e)
                 }
             };
-            let _ = events.blocking_send(event);
+            let _ = events.send(event);
         }
     }
 
-    /// Runs one job. `Ok(None)` when its caller went away.
-    fn generate(&self, job: Job) -> Result<Option<GenerationSummary>, String> {
+    /// Runs one job.
+    fn generate(&self, job: Job) -> Result<Outcome, String> {
         let started = Instant::now();
         let mut cache = self.model.new_cache();
         let mut logits = self.model.forward(&job.prompt_ids, &mut cache).map_err(|e| e.to_string())?;
@@ -322,15 +375,15 @@ impl Worker {
             history.push(token);
             if let (Some(raw), Some(top)) = (raw, job.logprobs) {
                 let entry = self.logprob_of(&raw, token, top);
-                if job.events.blocking_send(GenerationEvent::Logprob(entry)).is_err() {
-                    return Ok(None);
+                if job.events.send(GenerationEvent::Logprob(entry)).is_err() {
+                    return Ok(Outcome::Cancelled { completion_tokens: generated });
                 }
             }
             // Control tokens (<|im_start|>, <|endoftext|>…) are markup, not text.
             let bytes = if self.tokenizer.is_special(token) { Vec::new() } else { self.tokenizer.token_bytes(token) };
             let released = stream.push(&bytes);
-            if !released.text.is_empty() && job.events.blocking_send(GenerationEvent::Text(released.text)).is_err() {
-                return Ok(None);
+            if !released.text.is_empty() && job.events.send(GenerationEvent::Text(released.text)).is_err() {
+                return Ok(Outcome::Cancelled { completion_tokens: generated });
             }
             if released.stopped {
                 finish = FinishReason::Stop;
@@ -340,15 +393,17 @@ impl Worker {
                 break;
             }
             if job.events.is_closed() {
-                return Ok(None);
+                return Ok(Outcome::Cancelled { completion_tokens: generated });
             }
+            // Where a fault in libtorch would strike (tests inject panics and errors here).
+            fail::fail_point!("generator::decode", |reason: Option<String>| Err(reason.unwrap_or_default()));
             logits = self.model.forward(&[token], &mut cache).map_err(|e| e.to_string())?;
         }
         let tail = stream.finish();
-        if !tail.is_empty() && job.events.blocking_send(GenerationEvent::Text(tail)).is_err() {
-            return Ok(None);
+        if !tail.is_empty() && job.events.send(GenerationEvent::Text(tail)).is_err() {
+            return Ok(Outcome::Cancelled { completion_tokens: generated });
         }
-        Ok(Some(GenerationSummary {
+        Ok(Outcome::Finished(GenerationSummary {
             prompt_tokens: job.prompt_ids.len(),
             completion_tokens: generated,
             finish_reason: finish,

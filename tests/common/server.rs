@@ -232,9 +232,26 @@ impl Server {
             Err(e) => panic!("POST {path}: {e}"),
         }
     }
+}
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+impl Server {
+    /// Waits up to `timeout` for a log line containing `needle` (lines before it are
+    /// consumed); returns it parsed as JSON, or None.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<serde_json::Value> {
+        let log = self.log.lock().unwrap();
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(serde_json::from_str(&line).unwrap_or_default()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The log lines written so far and not yet consumed.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.lock().unwrap().try_iter().collect()
     }
 }
