@@ -332,3 +332,75 @@ fn in_open_mode_web_pages_cannot_reach_the_api() {
     let (status, answer) = raw(&server, &post(&host, ""));
     assert_eq!(status, 201, "{answer}");
 }
+
+/// Varied prose of about `words` words (no two sentences alike), so token counts scale.
+fn prose(seed: usize, words: usize) -> String {
+    const W: [&str; 16] = [
+        "harbour", "lantern", "orchard", "granite", "meadow", "copper", "willow", "thunder", "saffron", "glacier",
+        "pepper", "marble", "falcon", "velvet", "canyon", "ember",
+    ];
+    (0..words).map(|i| W[(i * 7 + seed * 13 + i / 5) % W.len()]).collect::<Vec<_>>().join(" ")
+}
+
+/// A session whose turns are long — here a client re-sending a long history, which seeds
+/// the session — is compressed within the model's window: the summary prompt folds what
+/// fits. Before this was bounded, the prompt for the oldest half of 16 such turns was
+/// longer than the model's whole context, and every turn of the session failed from then on.
+#[test]
+fn a_session_of_long_turns_is_compressed_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = keyed(dir.path(), &[]);
+    let history: Vec<Value> = (0..14)
+        .map(|i| json!({ "role": if i % 2 == 0 { "user" } else { "assistant" }, "content": prose(i, 900) }))
+        .collect();
+    let mut messages = history.clone();
+    messages.push(json!({ "role": "user", "content": "Sum that up in one word." }));
+    let body = json!({ "model": "engram", "user": "long", "max_tokens": 4, "messages": messages });
+    let (status, answer) = server.call("POST", "/v1/chat/completions", KEY, Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    let session = answer["session_id"].as_str().unwrap().to_owned();
+    let (_, stored) = server.call("GET", &format!("/v1/sessions/{session}"), KEY, None);
+    assert!(stored["summarized_turns"].as_u64().unwrap() >= 2, "compressed: {stored}");
+    assert!(!stored["rolling_summary"].as_str().unwrap().is_empty());
+    // The session keeps working, and each turn is stored once, with no orphans.
+    for i in 0..2 {
+        let turn =
+            json!({ "user_id": "long", "session_id": session, "message": format!("And now {i}?"), "max_tokens": 3 });
+        let (status, answer) = server.call("POST", "/v1/chat", KEY, Some(&turn));
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (_, episodes) = server.call("GET", "/v1/memories?user_id=long&kind=episodic", KEY, None);
+    assert_eq!(episodes["data"].as_array().unwrap().len(), 3, "{episodes}");
+}
+
+/// Lexical scores come from the tenant's own corpus: another tenant filling its memory
+/// with a word changes nothing in what this tenant's lexical search reports.
+#[test]
+fn lexical_scores_do_not_depend_on_other_tenants_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("ENGRAM_AUTH__KEYS", "acme=acme-key,globex=globex-key"), ("ENGRAM_MODEL__GENERATOR", "")],
+    );
+    server.wait_ready();
+    for text in ["The zebra crossing near the school", "Coffee with oat milk at noon", "A quiet walk by the river"] {
+        assert_eq!(server.call("POST", "/v1/memories", KEY, Some(&json!({ "user_id": "a", "text": text }))).0, 201);
+    }
+    let query = json!({ "query": "zebra crossing", "user_id": "a", "mode": "lexical", "k": 3 });
+    let score = |server: &Server| {
+        let (status, found) = server.call("POST", "/v1/memories/search", KEY, Some(&query));
+        assert_eq!(status, 200, "{found}");
+        found["results"][0]["score"].as_f64().unwrap()
+    };
+    let before = score(&server);
+    let texts: Vec<Value> =
+        (0..40).map(|i| json!({ "role": "user", "content": format!("zebra zebra crossing number {i}") })).collect();
+    let (status, _) = server.call(
+        "POST",
+        "/v1/sessions/flood/messages",
+        Some("globex-key"),
+        Some(&json!({ "user_id": "b", "messages": texts })),
+    );
+    assert_eq!(status, 201);
+    assert_eq!(score(&server), before, "another tenant's documents moved this tenant's BM25 scores");
+}
