@@ -61,6 +61,9 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Concurrent clients against a running server: throughput, latency and errors of
+    /// chat, search, add and import.
+    Load(super::bench_load::LoadArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +86,7 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Generate { model, prompt_tokens, new_tokens, json } => {
             super::bench_models::bench_generate(settings, model, prompt_tokens, new_tokens, json)?
         }
+        BenchCommand::Load(args) => super::bench_load::run(args)?,
     }
     Ok(())
 }
