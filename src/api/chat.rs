@@ -136,11 +136,7 @@ pub async fn get_session(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.ready_store()?.clone();
-    let wanted = id.clone();
-    let session = tokio::task::spawn_blocking(move || store.get_session(&tenant, &wanted))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let session = state.ready_memory()?.get_session(&tenant, &id).await?;
     session.map(|s| Json(session_json(&s))).ok_or_else(|| ApiError::not_found(format!("session {id}")))
 }
 

@@ -71,6 +71,13 @@ impl MemoryService {
         self.session_locks().lock(format!("{}:{tenant}{id}", tenant.len())).await
     }
 
+    /// Session `id` of the tenant, if there is one.
+    pub async fn get_session(&self, tenant: &str, id: &str) -> Result<Option<Session>, MemoryError> {
+        check_id("session_id", id)?;
+        let (store, t, s) = (self.store().clone(), tenant.to_owned(), id.to_owned());
+        blocking(move || store.get_session(&t, &s)).await
+    }
+
     /// The session of this user whose user/assistant turns are exactly `turns`.
     pub async fn find_session_by_turns(
         &self,

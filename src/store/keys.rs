@@ -76,8 +76,7 @@ pub fn session_prefix(tenant: &str, session_id: &str) -> KeyBuf {
 
 /// The tenant and user of a key made by [`scope_prefix`] (nothing may follow them).
 pub fn decode_scope_prefix(key: &[u8]) -> Option<(String, String)> {
-    let (tenant, rest) = read_str(key)?;
-    let (user, rest) = read_str(rest)?;
+    let (tenant, user, rest) = decode_scope_prefix_of(key)?;
     rest.is_empty().then_some((tenant, user))
 }
 
@@ -85,6 +84,13 @@ fn read_str(key: &[u8]) -> Option<(String, &[u8])> {
     let len = u16::from_be_bytes(key.get(..2)?.try_into().ok()?) as usize;
     let s = std::str::from_utf8(key.get(2..2 + len)?).ok()?;
     Some((s.to_owned(), &key[2 + len..]))
+}
+
+/// The tenant, user and what follows them in a key that starts with [`scope_prefix`].
+pub fn decode_scope_prefix_of(key: &[u8]) -> Option<(String, String, &[u8])> {
+    let (tenant, rest) = read_str(key)?;
+    let (user, rest) = read_str(rest)?;
+    Some((tenant, user, rest))
 }
 
 /// `erasures`: tenant, user.

@@ -113,6 +113,27 @@ impl Store {
                 problems.push(format!("corrupt record in tree `sessions` at key {}: {e}", hex(&k)));
             }
         }
+        // Each transcript key names a session of that tenant and user holding that digest.
+        for item in t.transcripts.iter() {
+            let (k, v) = item?;
+            let id = String::from_utf8_lossy(&v);
+            let owner = keys::decode_scope_prefix_of(&k);
+            let agrees = owner.as_ref().is_some_and(|(tenant, user, digest)| {
+                self.get_session(tenant, &id).ok().flatten().is_some_and(|s| {
+                    s.scope.as_ref().is_some_and(|sc| &sc.user_id == user) && s.transcript_digest.as_ref() == *digest
+                })
+            });
+            if !agrees {
+                problems.push(format!("transcripts key {} names session `{id}`, which does not hold it", hex(&k)));
+            }
+        }
+        // An erase is either done or finished at open; one still half-way means it failed.
+        for item in t.erasures.iter() {
+            let (k, v) = item?;
+            if <[u8; 8]>::try_from(v.as_ref()).map_or(true, |b| u64::from_be_bytes(b) % 2 == 1) {
+                problems.push(format!("erasure {} did not finish", hex(&k)));
+            }
+        }
         Ok(VerifyReport { entries: ids.len(), documents, sessions, index_points, problems })
     }
 }
