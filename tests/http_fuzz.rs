@@ -83,7 +83,8 @@ fn make_known(server: &Server) -> Known {
         serde_json::json!({"title": "Fuzz notes", "text": "Paris is on the Seine.", "user_id": "fuzz-ann"}),
     );
     // Over 32 chunks: ingested by a background job, which runs on while the fuzzing does.
-    let long: String = (0..40).map(|i| format!("## Part {i}\n\n{}\n\n", "The ledger records crates of tea. ".repeat(30))).collect();
+    let long: String =
+        (0..40).map(|i| format!("## Part {i}\n\n{}\n\n", "The ledger records crates of tea. ".repeat(30))).collect();
     let job = post("/v1/documents", serde_json::json!({"title": "Ledger", "text": long}));
     assert!(job["job_id"].is_string(), "{job}");
     let import = serde_json::json!({"user_id": "fuzz-ann", "messages": [
@@ -110,7 +111,8 @@ fn fuzz(server: &Server, name: &'static str, cases: u32, strategy: BoxedStrategy
         ..Config::default()
     };
     let started = Instant::now();
-    let result = TestRunner::new(config).run(&strategy, |req| exchange(server, &req).map(drop).map_err(TestCaseError::fail));
+    let result =
+        TestRunner::new(config).run(&strategy, |req| exchange(server, &req).map(drop).map_err(TestCaseError::fail));
     eprintln!("fuzz group {name}: {cases} cases in {:.1?}", started.elapsed());
     result.map_err(|e| format!("group {name}: {e}"))
 }
@@ -177,7 +179,9 @@ fn unauthorised(server: &Server) -> Vec<String> {
                 let want = if path.starts_with("/v1") { 401 } else { 200 };
                 match exchange(server, &req) {
                     Ok(res) if res.status == want => {}
-                    Ok(res) => failures.push(format!("{method} {path} with {header:?}: {} instead of {want}", res.status)),
+                    Ok(res) => {
+                        failures.push(format!("{method} {path} with {header:?}: {} instead of {want}", res.status))
+                    }
                     Err(e) => failures.push(e),
                 }
             }

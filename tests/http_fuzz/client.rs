@@ -35,7 +35,13 @@ pub enum Framing {
 
 impl Request {
     pub fn new(method: &str, target: impl Into<String>) -> Self {
-        Self { method: method.into(), target: target.into(), headers: Vec::new(), body: Vec::new(), framing: Framing::Length }
+        Self {
+            method: method.into(),
+            target: target.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            framing: Framing::Length,
+        }
     }
 
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -56,7 +62,8 @@ impl Request {
     pub fn describe(&self) -> String {
         let target: String = self.target.chars().take(300).collect();
         let body = String::from_utf8_lossy(&self.body[..self.body.len().min(600)]).into_owned();
-        let headers: Vec<String> = self.headers.iter().map(|(k, v)| format!("{k}: {}", v.chars().take(80).collect::<String>())).collect();
+        let headers: Vec<String> =
+            self.headers.iter().map(|(k, v)| format!("{k}: {}", v.chars().take(80).collect::<String>())).collect();
         format!("{} {target} [{}] ({} body bytes) {body}", self.method, headers.join("; "), self.body.len())
     }
 
@@ -136,7 +143,12 @@ fn parse(raw: &[u8]) -> Result<Response, String> {
         Ok(httparse::Status::Partial) => {
             return Err(format!("the connection closed after {} bytes, inside the response head", raw.len()))
         }
-        Err(e) => return Err(format!("unparsable response head ({e}): {:?}", String::from_utf8_lossy(&raw[..raw.len().min(200)]))),
+        Err(e) => {
+            return Err(format!(
+                "unparsable response head ({e}): {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(200)])
+            ))
+        }
     };
     let status = head.code.unwrap_or(0);
     let headers: Vec<(String, String)> = head

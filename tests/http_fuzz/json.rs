@@ -24,7 +24,10 @@ pub enum J {
     /// Members in order; keys may repeat.
     Obj(Vec<(String, J)>),
     /// `depth` nested arrays (or single-member objects) around `null`.
-    Deep { depth: usize, objects: bool },
+    Deep {
+        depth: usize,
+        objects: bool,
+    },
     /// Bytes that stand for a value but are not JSON (`NaN`, a truncated object).
     Raw(String),
 }
@@ -191,13 +194,43 @@ pub fn hostile_string(long: usize, huge: bool) -> BoxedStrategy<J> {
 /// means long work, as `max_tokens`).
 pub fn hostile_number(big: bool) -> BoxedStrategy<J> {
     let mut numbers = vec![
-        "0", "-0", "-0.0", "-1", "0.5", "1.5", "-1.5", "1e308", "-1e308", "1e309", "-1e400", "1e-400", "5e-324",
-        "1e-45", "3.4028235e38", "3.5e38", "-9223372036854775808", "-9223372036854775809",
-        "18446744073709551616", "-18446744073709551616", "123456789012345678901234567890", "1E2", "0e0", "-1e-7",
+        "0",
+        "-0",
+        "-0.0",
+        "-1",
+        "0.5",
+        "1.5",
+        "-1.5",
+        "1e308",
+        "-1e308",
+        "1e309",
+        "-1e400",
+        "1e-400",
+        "5e-324",
+        "1e-45",
+        "3.4028235e38",
+        "3.5e38",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "-18446744073709551616",
+        "123456789012345678901234567890",
+        "1E2",
+        "0e0",
+        "-1e-7",
         "4294967296.5",
     ];
     if big {
-        numbers.extend(["255", "256", "65536", "4294967295", "4294967296", "9223372036854775807", "18446744073709551615", "1e20"]);
+        numbers.extend([
+            "255",
+            "256",
+            "65536",
+            "4294967295",
+            "4294967296",
+            "9223372036854775807",
+            "18446744073709551615",
+            "1e20",
+        ]);
     }
     let not_json = ["NaN", "Infinity", "-Infinity", "01", "1.", "+1", ".5", "0x10", "1e", "--1", "1_000"];
     prop_oneof![

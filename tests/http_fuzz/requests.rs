@@ -157,7 +157,10 @@ pub fn query(params: Vec<(&'static str, BoxedStrategy<String>)>) -> BoxedStrateg
             .boxed()
         })
         .collect();
-    let extra = proptest::option::weighted(0.1, prop_oneof![Just("x".repeat(50_000)), Just("&&&=&".to_owned()), "[a-z]{1,8}=[a-z]{0,8}".boxed()]);
+    let extra = proptest::option::weighted(
+        0.1,
+        prop_oneof![Just("x".repeat(50_000)), Just("&&&=&".to_owned()), "[a-z]{1,8}=[a-z]{0,8}".boxed()],
+    );
     (parts, extra)
         .prop_map(|(parts, extra)| {
             let mut all: Vec<String> = parts.into_iter().flatten().collect();
@@ -177,7 +180,11 @@ pub fn authed(method: &str, target: impl Into<String>) -> Request {
 }
 
 /// A JSON `body` sent with `method` to `target`.
-pub fn json_request(method: &'static str, target: BoxedStrategy<String>, body: BoxedStrategy<J>) -> BoxedStrategy<Request> {
+pub fn json_request(
+    method: &'static str,
+    target: BoxedStrategy<String>,
+    body: BoxedStrategy<J>,
+) -> BoxedStrategy<Request> {
     (target, body).prop_map(move |(t, b)| authed(method, t).json(b.to_bytes())).boxed()
 }
 
@@ -211,7 +218,11 @@ pub fn content_type() -> BoxedStrategy<Option<String>> {
 /// Bodies that are not what the route reads: random bytes, a valid body cut short,
 /// with a byte-order mark, trailing garbage, in UTF-16; each with some content type,
 /// and now and then a `Content-Length` the client never completes.
-pub fn raw_request(method: &'static str, target: BoxedStrategy<String>, valid: BoxedStrategy<J>) -> BoxedStrategy<Request> {
+pub fn raw_request(
+    method: &'static str,
+    target: BoxedStrategy<String>,
+    valid: BoxedStrategy<J>,
+) -> BoxedStrategy<Request> {
     let valid_bytes = valid.prop_map(|j| j.to_bytes());
     let body = prop_oneof![
         3 => proptest::collection::vec(any::<u8>(), 0..512),
@@ -292,7 +303,17 @@ fn part() -> BoxedStrategy<Part> {
     );
     let content_types = proptest::option::weighted(
         0.5,
-        proptest::sample::select(vec!["text/plain", "text/html", "application/pdf", "application/octet-stream", "image/png", "text/plain; charset=utf-16", "garbage", ""]).prop_map(str::to_owned),
+        proptest::sample::select(vec![
+            "text/plain",
+            "text/html",
+            "application/pdf",
+            "application/octet-stream",
+            "image/png",
+            "text/plain; charset=utf-16",
+            "garbage",
+            "",
+        ])
+        .prop_map(str::to_owned),
     );
     let data = prop_oneof![
         4 => "[ -~\n]{0,400}".prop_map(String::into_bytes),
@@ -324,7 +345,8 @@ fn form_damage() -> BoxedStrategy<FormDamage> {
 
 /// Renders a form; returns the body and the `Content-Type` header.
 pub fn render_form(boundary: &str, parts: &[Part], damage: &FormDamage) -> (Vec<u8>, String) {
-    let used = if matches!(damage, FormDamage::OtherBoundary) { format!("{boundary}-other") } else { boundary.to_owned() };
+    let used =
+        if matches!(damage, FormDamage::OtherBoundary) { format!("{boundary}-other") } else { boundary.to_owned() };
     let mut body = Vec::new();
     for part in parts {
         body.extend_from_slice(format!("--{used}\r\n").as_bytes());

@@ -12,8 +12,7 @@ use super::json::{
     any_type, hostile_number, hostile_object, hostile_string, hostile_time, one_of, sentence, valid_time, J,
 };
 use super::requests::{
-    arbitrary_request, json_request, multipart_request, object, optional, path_id, query, raw_request, required,
-    Field,
+    arbitrary_request, json_request, multipart_request, object, optional, path_id, query, raw_request, required, Field,
 };
 
 /// Ids that exist on the server, made before the fuzzing starts.
@@ -307,7 +306,8 @@ fn hostile_logit_bias() -> BoxedStrategy<J> {
 }
 
 fn stop() -> BoxedStrategy<J> {
-    prop_oneof![one_of(&["\n", ".", "tea"]), proptest::collection::vec(one_of(&["\n", "."]), 0..4).prop_map(J::Arr)].boxed()
+    prop_oneof![one_of(&["\n", ".", "tea"]), proptest::collection::vec(one_of(&["\n", "."]), 0..4).prop_map(J::Arr)]
+        .boxed()
 }
 
 fn hostile_stop() -> BoxedStrategy<J> {
@@ -391,7 +391,10 @@ fn content_parts() -> BoxedStrategy<J> {
 fn hostile_content() -> BoxedStrategy<J> {
     prop_oneof![
         hostile_prompt(),
-        Just(J::Arr(vec![J::obj(vec![("type", J::str("image_url")), ("image_url", J::obj(vec![("url", J::str("x"))]))])])),
+        Just(J::Arr(vec![J::obj(vec![
+            ("type", J::str("image_url")),
+            ("image_url", J::obj(vec![("url", J::str("x"))]))
+        ])])),
         Just(J::Arr(vec![J::obj(vec![("type", J::str("text"))])])),
         Just(J::Arr(vec![J::Null, J::num(1)])),
         hostile_list(any_type()),
@@ -421,7 +424,11 @@ fn chat_completion_fields() -> Vec<Field> {
     let mut fields = vec![
         required("messages", chat_messages(), hostile_messages(openai_message(&["user", "system", "function"]))),
         optional("safety_identifier", user(), hostile_name()),
-        optional("metadata", ulid_text().prop_map(|id| J::Obj(vec![("session_id".into(), id)])).boxed(), hostile_object()),
+        optional(
+            "metadata",
+            ulid_text().prop_map(|id| J::Obj(vec![("session_id".into(), id)])).boxed(),
+            hostile_object(),
+        ),
         optional("max_tokens", small_count(), hostile_count()),
         optional("max_completion_tokens", small_count(), hostile_count()),
         optional("logprobs", bool_field(), hostile_bool()),
@@ -454,7 +461,8 @@ pub fn chat() -> BoxedStrategy<Request> {
 
 /// Each route that reads a body, with a strategy for its valid bodies (for cutting).
 fn body_routes(known: &Known) -> Vec<(&'static str, BoxedStrategy<String>, BoxedStrategy<J>)> {
-    let valid = |fields: Vec<Field>| object(fields.into_iter().map(|f| required(f.name, f.valid.clone(), f.valid)).collect());
+    let valid =
+        |fields: Vec<Field>| object(fields.into_iter().map(|f| required(f.name, f.valid.clone(), f.valid)).collect());
     vec![
         ("POST", fixed("/v1/memories"), valid(memory_fields())),
         ("PATCH", path("/v1/memories/", known.memories.clone(), ""), valid(patch_fields())),
@@ -463,15 +471,37 @@ fn body_routes(known: &Known) -> Vec<(&'static str, BoxedStrategy<String>, Boxed
         (
             "POST",
             path("/v1/sessions/", known.sessions.clone(), "/messages"),
-            object(vec![required("user_id", user(), user()), required("messages", imported_messages(), imported_messages())]),
+            object(vec![
+                required("user_id", user(), user()),
+                required("messages", imported_messages(), imported_messages()),
+            ]),
         ),
         ("POST", fixed("/v1/embeddings"), valid(embedding_fields())),
-        ("POST", fixed("/v1/completions"), object(vec![required("prompt", sentence(), sentence()), required("max_tokens", small_count(), small_count())])),
-        ("POST", fixed("/v1/chat"), object(vec![required("user_id", user(), user()), required("message", sentence(), sentence()), required("max_tokens", small_count(), small_count())])),
+        (
+            "POST",
+            fixed("/v1/completions"),
+            object(vec![
+                required("prompt", sentence(), sentence()),
+                required("max_tokens", small_count(), small_count()),
+            ]),
+        ),
+        (
+            "POST",
+            fixed("/v1/chat"),
+            object(vec![
+                required("user_id", user(), user()),
+                required("message", sentence(), sentence()),
+                required("max_tokens", small_count(), small_count()),
+            ]),
+        ),
         (
             "POST",
             fixed("/v1/chat/completions"),
-            object(vec![required("user", user(), user()), required("messages", chat_messages(), chat_messages()), required("max_tokens", small_count(), small_count())]),
+            object(vec![
+                required("user", user(), user()),
+                required("messages", chat_messages(), chat_messages()),
+                required("max_tokens", small_count(), small_count()),
+            ]),
         ),
     ]
 }
