@@ -115,6 +115,7 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("server.cors_allowed_origins")
                 .with_list_parse_key("auth.keys")
+                .with_list_parse_key("store.redis_urls")
                 .try_parsing(true)
                 .source(Some(env)),
         );

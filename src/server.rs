@@ -28,7 +28,7 @@ use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
 use crate::model::{DeviceSpec, Embedder, Engine, Generator, ResolvedDevice};
-use crate::store::{Store, StoreConfig};
+use crate::store::{BackendKind, MemoryStore, StoreConfig};
 
 /// Serves until a shutdown signal; returns once everything is saved, or with the error
 /// that stopped the start-up.
@@ -117,7 +117,7 @@ async fn start_up(
     settings: &Settings,
     device: ResolvedDevice,
     state: &Arc<AppState>,
-    store_opening: &mut JoinHandle<anyhow::Result<Arc<Store>>>,
+    store_opening: &mut JoinHandle<anyhow::Result<Arc<dyn MemoryStore>>>,
 ) -> anyhow::Result<()> {
     let store = async { store_opening.await.context("opening the store")? };
     let (store, engine) = tokio::try_join!(store, load_models(&settings.model, device, state))?;
@@ -150,15 +150,17 @@ async fn start_up(
 }
 
 /// Opens the store and hands it to the handlers.
-async fn open_store(config: StoreConfig, state: Arc<AppState>) -> anyhow::Result<Arc<Store>> {
-    let dir = config.data_dir.clone();
+async fn open_store(config: StoreConfig, state: Arc<AppState>) -> anyhow::Result<Arc<dyn MemoryStore>> {
+    let place = match config.backend {
+        BackendKind::Sled => format!("in {}", config.data_dir.display()),
+        BackendKind::RedisCluster => format!("on the redis cluster at {}", config.redis_urls.join(", ")),
+    };
     let store = on_own_thread("store", move || {
         fail::fail_point!("server::open_store");
-        Store::open(&config)
+        crate::store::open_backend(&config)
     })
     .await?
-    .with_context(|| format!("opening the store in {}", dir.display()))?;
-    let store = Arc::new(store);
+    .with_context(|| format!("opening the store {place}"))?;
     state.set_store(store.clone());
     state.startup.loaded("store");
     Ok(store)
@@ -279,7 +281,7 @@ fn configure_failpoints() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn save_index_periodically(store: Arc<Store>, every_secs: u64) {
+async fn save_index_periodically(store: Arc<dyn MemoryStore>, every_secs: u64) {
     let mut tick = tokio::time::interval(Duration::from_secs(every_secs.max(1)));
     tick.tick().await;
     loop {

@@ -113,6 +113,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ StoreError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code_for(StatusCode::SERVICE_UNAVAILABLE), e.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

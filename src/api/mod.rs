@@ -24,7 +24,7 @@ use crate::memory::chat::Chat;
 use crate::memory::documents::Documents;
 use crate::memory::service::MemoryService;
 use crate::model::{Engine, ResolvedDevice};
-use crate::store::Store;
+use crate::store::MemoryStore;
 use auth::ApiKeys;
 use error::ApiError;
 pub use health::Startup;
@@ -33,7 +33,7 @@ pub use health::Startup;
 /// store opens (which can rebuild the index) and the models load: until then these are
 /// absent, the `ready_*` helpers answer 503, and `/readyz` says what is still loading.
 pub struct AppState {
-    store: OnceLock<Arc<Store>>,
+    store: OnceLock<Arc<dyn MemoryStore>>,
     engine: OnceLock<Engine>,
     memory: OnceLock<MemoryService>,
     chat: OnceLock<Chat>,
@@ -108,16 +108,16 @@ impl AppState {
     }
 
     /// Makes the opened store available; the service is ready from then on.
-    pub fn set_store(&self, store: Arc<Store>) {
+    pub fn set_store(&self, store: Arc<dyn MemoryStore>) {
         let _ = self.store.set(store);
     }
 
-    pub fn store(&self) -> Option<&Arc<Store>> {
+    pub fn store(&self) -> Option<&Arc<dyn MemoryStore>> {
         self.store.get()
     }
 
     /// The store, or 503 while it is still opening.
-    pub fn ready_store(&self) -> Result<&Arc<Store>, ApiError> {
+    pub fn ready_store(&self) -> Result<&Arc<dyn MemoryStore>, ApiError> {
         self.store().ok_or_else(|| ApiError::unavailable("the store is still opening"))
     }
 }

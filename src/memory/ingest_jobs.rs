@@ -22,7 +22,7 @@ use ulid::Ulid;
 
 use super::service::MemoryError;
 use crate::store::records::{now_ms, ulid_from_bytes, IngestJob, JobState};
-use crate::store::{Precondition, Store, StoreError, WriteBatch};
+use crate::store::{MemoryStore, Precondition, StoreError, WriteBatch};
 
 /// Finished jobs are forgotten after this long (they only report on past work).
 pub const JOB_RETENTION_MS: i64 = 60 * 60 * 1000;
@@ -80,12 +80,12 @@ struct Job {
 /// The jobs of this process, mirrored in the store's `jobs` tree.
 #[derive(Clone)]
 pub struct JobBook {
-    store: Arc<Store>,
+    store: Arc<dyn MemoryStore>,
     jobs: Arc<Mutex<HashMap<Ulid, Job>>>,
 }
 
 impl JobBook {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<dyn MemoryStore>) -> Self {
         Self { store, jobs: Arc::new(Mutex::new(HashMap::new())) }
     }
 

@@ -217,7 +217,8 @@ impl LexicalIndex {
         }
         let avgdl = self.avgdl();
         let terms = self.query_terms(query);
-        let mut scores: DocMap<f64> = DocMap::with_capacity(terms.iter().map(|(list, _)| list.len()).max().unwrap_or(0));
+        let mut scores: DocMap<f64> =
+            DocMap::with_capacity(terms.iter().map(|(list, _)| list.len()).max().unwrap_or(0));
         for (list, idf) in terms {
             for (&doc, &posting) in list {
                 *scores.entry(doc).or_insert(0.0) += self.term_score(idf, posting, avgdl);
@@ -262,7 +263,8 @@ impl LexicalIndex {
     /// paraphrase, which dense retrieval should carry) — where dividing by the best
     /// score of the query would make any best match 1.
     pub fn query_weight(&self, query: &str) -> f32 {
-        distinct_terms(query).iter().map(|t| self.idf(self.postings.get(t).map_or(0, |list| list.len()))).sum::<f64>() as f32
+        distinct_terms(query).iter().map(|t| self.idf(self.postings.get(t).map_or(0, |list| list.len()))).sum::<f64>()
+            as f32
     }
 
     /// The query's distinct terms that occur in the index, each with its postings and idf.

@@ -23,7 +23,8 @@ use super::turn_context::TurnContext;
 use crate::model::{Embedder, EngineError};
 use crate::store::records::{now_ms, Kind, MemoryEntry, Scope};
 use crate::store::{
-    CommitObserver, Committed, NewEntry, Page, Precondition, ScopeClause, SearchFilter, Store, StoreError, WriteBatch,
+    CommitObserver, Committed, MemoryStore, NewEntry, Page, Precondition, ScopeClause, SearchFilter, StoreError,
+    WriteBatch,
 };
 
 /// Everything that can go wrong here, mapped to HTTP statuses by the API layer.
@@ -98,7 +99,7 @@ pub struct Found {
 /// See the module documentation.
 #[derive(Clone)]
 pub struct MemoryService {
-    store: Arc<Store>,
+    store: Arc<dyn MemoryStore>,
     embedder: Option<Embedder>,
     /// BM25 over every entry's text, one index per tenant, keyed by the entry's index
     /// point; scoped at query time through the vector index's live, labelled points.
@@ -118,7 +119,7 @@ struct LexicalFollower {
 }
 
 impl CommitObserver for LexicalFollower {
-    fn committed(&self, store: &Store, change: &Committed) {
+    fn committed(&self, store: &dyn MemoryStore, change: &Committed) {
         let mut context = TurnContext::new(store);
         let added: Vec<(String, u64, String)> = change
             .added
@@ -158,7 +159,7 @@ impl MemoryService {
     /// Builds the lexical index from every stored entry and follows the store's commits
     /// from then on (blocking: call it off the async workers).
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn MemoryStore>,
         embedder: Option<Embedder>,
         weights: RankingWeights,
         limits: Limits,
@@ -167,10 +168,10 @@ impl MemoryService {
         // Follow first, then scan: a commit in between is indexed twice (an insert
         // replaces), never missed.
         store.observe(Arc::new(LexicalFollower { lexical: lexical.clone() }));
-        let mut context = TurnContext::new(&store);
+        let mut context = TurnContext::new(&*store);
         let mut texts = Vec::new();
         let mut failed = None;
-        store.scan_entries(|e| match context.lexical_text(&e) {
+        store.scan_entries(&mut |e| match context.lexical_text(&e) {
             Ok(text) => texts.push((e.scope.map(|s| s.tenant).unwrap_or_default(), e.point_id, text)),
             Err(err) => failed = Some(err),
         })?;
@@ -221,7 +222,7 @@ impl MemoryService {
         Ok(Precondition::NotErasedSince { tenant: tenant.to_owned(), user_id: user_id.to_owned(), epoch })
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn MemoryStore> {
         &self.store
     }
 
@@ -364,7 +365,7 @@ impl MemoryService {
     }
 
     /// Erases everything of one user: memories, sessions, documents, ingestion jobs.
-    /// Returns how many memories were deleted. Final: see [`Store::erase_user`].
+    /// Returns how many memories were deleted. Final: see [`MemoryStore::erase_user`].
     pub async fn erase_user(&self, tenant: &str, user_id: &str) -> Result<usize, MemoryError> {
         // Running jobs stop at their next batch; the erase removes their records, which
         // makes their final write fail even if one is already past that point.
@@ -394,6 +395,8 @@ impl MemoryService {
         let (store, lexical, weights, mode) = (self.store.clone(), self.lexical.clone(), self.weights.clone(), q.mode);
         let (query, tenant) = (q.query.clone(), tenant.to_owned());
         let ranked: Vec<(u64, f32)> = blocking(move || {
+            // A cluster node reads the scopes into its caches on their first search.
+            store.prepare_search(&filter)?;
             let index = store.index();
             let dense: Vec<(u64, f32)> = match &vector {
                 Some(v) => index.search(v, fetch, &filter).into_iter().map(|h| (h.point, h.similarity)).collect(),
@@ -434,7 +437,7 @@ impl MemoryService {
             lexical_all.sort_unstable_by(by_score);
             // Age and importance come from the entries themselves.
             let facts: std::collections::HashMap<u64, Candidate> = store
-                .resolve_hits(union.iter().map(|p| (*p, 0.0)))?
+                .resolve_hits(union.iter().map(|p| (*p, 0.0)).collect())?
                 .into_iter()
                 .map(|s| {
                     let e = s.entry;
@@ -446,7 +449,7 @@ impl MemoryService {
         })
         .await?;
         let store = self.store.clone();
-        let hits = blocking(move || store.resolve_hits(ranked.into_iter())).await?;
+        let hits = blocking(move || store.resolve_hits(ranked)).await?;
         Ok(hits
             .into_iter()
             .filter(|h| h.similarity >= q.min_score)

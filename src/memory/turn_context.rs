@@ -10,16 +10,16 @@
 use std::collections::HashMap;
 
 use crate::store::records::{memory_entry::Source, MemoryEntry, Session};
-use crate::store::{Store, StoreError};
+use crate::store::{MemoryStore, StoreError};
 
 /// Looks sessions up once per batch: a batch of imported turns all name the same one.
 pub struct TurnContext<'a> {
-    store: &'a Store,
+    store: &'a dyn MemoryStore,
     sessions: HashMap<(String, String), Option<Session>>,
 }
 
 impl<'a> TurnContext<'a> {
-    pub fn new(store: &'a Store) -> Self {
+    pub fn new(store: &'a dyn MemoryStore) -> Self {
         Self { store, sessions: HashMap::new() }
     }
 

@@ -33,6 +33,11 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("vector index: {0}")]
     Index(String),
+    /// The Redis Cluster backend could not be reached or refused a command (a failover
+    /// in progress, a network partition); the write may or may not have been applied
+    /// when this comes back from a write whose reply was lost.
+    #[error("redis cluster: {0}")]
+    Unavailable(String),
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {

@@ -13,9 +13,11 @@ mod error;
 pub mod export;
 pub mod index;
 mod keys;
+mod memory_store;
 mod migrate;
 mod read;
 pub mod records;
+pub mod redis;
 mod trees;
 mod verify;
 mod write;
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{Result, StoreError};
 pub use index::{normalize as normalize_vector, Hit, IndexParams, LoadOutcome, ScopeClause, SearchFilter, VectorIndex};
 pub use keys::MAX_KEY_COMPONENT;
+pub use memory_store::{open as open_backend, MemoryStore};
 pub use migrate::{CURRENT_SCHEMA_VERSION, MIGRATIONS};
 pub use read::{Page, ScoredEntry};
 pub use verify::VerifyReport;
@@ -39,16 +42,38 @@ pub use write::{
 
 use trees::Trees;
 
+/// Which engine holds the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// sled and an HNSW index in `data_dir`: one process, the default.
+    #[default]
+    Sled,
+    /// A Redis Cluster shared by any number of engram nodes (see [`redis`]).
+    RedisCluster,
+}
+
 /// Store settings (the `[store]` and `[index]` sections of the config).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub backend: BackendKind,
     /// Where sled and the index files live.
     pub data_dir: PathBuf,
     /// sled's page cache, in MiB.
     pub cache_capacity_mb: u64,
     /// How often a running server saves the vector index.
     pub index_save_interval_secs: u64,
+    /// Seed nodes of the Redis Cluster (`redis://host:port`); the rest are discovered.
+    pub redis_urls: Vec<String>,
+    /// Replicas that must hold a write before it is acknowledged (Redis `WAIT`).
+    pub redis_wait_replicas: u32,
+    pub redis_wait_timeout_ms: u64,
+    /// How often a node reads the change streams of the other nodes' writes.
+    pub redis_follow_interval_ms: u64,
+    /// Most memories one node keeps in its search caches (redis-cluster); past it, the
+    /// scopes searched least recently are dropped and rebuilt on their next search.
+    pub cache_max_entries: usize,
     #[serde(skip)]
     pub index: IndexParams,
 }
@@ -59,6 +84,12 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("./data"),
             cache_capacity_mb: 256,
             index_save_interval_secs: 300,
+            backend: BackendKind::Sled,
+            redis_urls: Vec::new(),
+            redis_wait_replicas: 1,
+            redis_wait_timeout_ms: 2000,
+            redis_follow_interval_ms: 50,
+            cache_max_entries: 1_000_000,
             index: IndexParams::default(),
         }
     }

@@ -106,7 +106,7 @@ pub struct Committed<'a> {
 /// Told of every committed change to the entries, in commit order, while the write lock
 /// is held: derived structures (the lexical index) follow the store from one place.
 pub trait CommitObserver: Send + Sync {
-    fn committed(&self, store: &Store, change: &Committed);
+    fn committed(&self, store: &dyn super::MemoryStore, change: &Committed);
 }
 
 fn invalid(msg: impl Into<String>) -> StoreError {
@@ -131,7 +131,7 @@ pub(super) fn validate_scope(scope: &Scope) -> Result<()> {
 }
 
 impl NewEntry {
-    fn into_record(self, id: Ulid, now: i64) -> Result<MemoryEntry> {
+    pub(super) fn into_record(self, id: Ulid, now: i64) -> Result<MemoryEntry> {
         let metadata_json = match &self.metadata {
             serde_json::Value::Null => String::new(),
             serde_json::Value::Object(m) if m.is_empty() => String::new(),
@@ -561,38 +561,7 @@ impl Store {
     }
 
     fn validate_record(&self, r: &mut MemoryEntry) -> Result<()> {
-        r.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
-        if Kind::try_from(r.kind).map_or(true, |k| k == Kind::Unspecified) {
-            return Err(invalid(format!("kind {} is not one of knowledge, episodic, fact, summary", r.kind)));
-        }
-        if r.text.trim().is_empty() {
-            return Err(invalid("text is empty"));
-        }
-        if r.text.len() > MAX_TEXT_BYTES {
-            return Err(invalid(format!("text is longer than {MAX_TEXT_BYTES} bytes")));
-        }
-        validate_scope(r.scope.as_ref().ok_or_else(|| invalid("scope is required"))?)?;
-        if !r.metadata_json.is_empty()
-            && !matches!(serde_json::from_str(&r.metadata_json), Ok(serde_json::Value::Object(_)))
-        {
-            return Err(invalid("metadata must be a JSON object"));
-        }
-        if r.embedding.is_empty() {
-            return Err(invalid("embedding is empty"));
-        }
-        if let Some(dim) = *self.dimension.lock() {
-            if r.embedding.len() != dim {
-                return Err(invalid(format!("embedding has {} dimensions, the store holds {dim}", r.embedding.len())));
-            }
-        }
-        // Vectors already of unit length are kept bit for bit (an export and re-import
-        // must not drift); others are scaled.
-        let norm = r.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if !(norm.is_finite() && (norm - 1.0).abs() < 1e-5) && !normalize(&mut r.embedding) {
-            return Err(invalid("embedding is zero or not finite"));
-        }
-        r.content_hash = blake3::hash(r.text.as_bytes()).as_bytes().to_vec().into();
-        Ok(())
+        validate_record(r, *self.dimension.lock())
     }
 
     /// The first entry ever written fixes the embedding width; later ones must match.
@@ -722,7 +691,44 @@ impl Store {
     }
 }
 
-fn validate_session(s: &Session) -> Result<()> {
+/// Checks a record before it is stored, scales its embedding to unit length and sets
+/// its content hash. `dimension` is the store's embedding width, once fixed.
+pub(super) fn validate_record(r: &mut MemoryEntry, dimension: Option<usize>) -> Result<()> {
+    r.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
+    if Kind::try_from(r.kind).map_or(true, |k| k == Kind::Unspecified) {
+        return Err(invalid(format!("kind {} is not one of knowledge, episodic, fact, summary", r.kind)));
+    }
+    if r.text.trim().is_empty() {
+        return Err(invalid("text is empty"));
+    }
+    if r.text.len() > MAX_TEXT_BYTES {
+        return Err(invalid(format!("text is longer than {MAX_TEXT_BYTES} bytes")));
+    }
+    validate_scope(r.scope.as_ref().ok_or_else(|| invalid("scope is required"))?)?;
+    if !r.metadata_json.is_empty()
+        && !matches!(serde_json::from_str(&r.metadata_json), Ok(serde_json::Value::Object(_)))
+    {
+        return Err(invalid("metadata must be a JSON object"));
+    }
+    if r.embedding.is_empty() {
+        return Err(invalid("embedding is empty"));
+    }
+    if let Some(dim) = dimension {
+        if r.embedding.len() != dim {
+            return Err(invalid(format!("embedding has {} dimensions, the store holds {dim}", r.embedding.len())));
+        }
+    }
+    // Vectors already of unit length are kept bit for bit (an export and re-import
+    // must not drift); others are scaled.
+    let norm = r.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !(norm.is_finite() && (norm - 1.0).abs() < 1e-5) && !normalize(&mut r.embedding) {
+        return Err(invalid("embedding is zero or not finite"));
+    }
+    r.content_hash = blake3::hash(r.text.as_bytes()).as_bytes().to_vec().into();
+    Ok(())
+}
+
+pub(super) fn validate_session(s: &Session) -> Result<()> {
     let tenant = s.scope.as_ref().map(|s| s.tenant.as_str()).unwrap_or_default();
     if tenant.is_empty() || s.id.is_empty() || s.id.len() > MAX_KEY_COMPONENT {
         return Err(invalid(format!("a session needs a tenant and an id of 1 to {MAX_KEY_COMPONENT} bytes")));

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod server;
 
 use std::path::Path;
@@ -38,6 +39,7 @@ pub fn config(dir: &Path) -> StoreConfig {
         cache_capacity_mb: 64,
         index_save_interval_secs: 60,
         index: IndexParams::default(),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,197 @@
+//! The connection to the cluster: the `redis` crate's async cluster client (it follows
+//! MOVED/ASK redirections and refreshes the slot map after a failover), driven by a
+//! small runtime of its own so that the store's synchronous callers — the blocking pool,
+//! the CLI — can wait on it from any thread.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, FromRedisValue, Script};
+
+use crate::store::error::{Result, StoreError};
+
+/// Applies a commit in one slot, all or nothing. ARGV: the guard count, then per guard
+/// (key index, "eq" | "absent", expected value); the op count, then per op (name, key
+/// index, a, b). Answers "ok", or "conflict" and the key whose guard failed (nothing
+/// written then). Scripts run atomically on the master of the slot.
+const COMMIT_LUA: &str = r#"
+local i = 1
+local guards = tonumber(ARGV[i]); i = i + 1
+for _ = 1, guards do
+  local key = KEYS[tonumber(ARGV[i])]
+  local mode, want = ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local have = redis.call('GET', key)
+  if mode == 'absent' then
+    if have then return {'conflict', key} end
+  elseif have ~= want then
+    return {'conflict', key}
+  end
+end
+local ops = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ops do
+  local op, key, a, b = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if op == 'set' then redis.call('SET', key, a)
+  elseif op == 'del' then redis.call('DEL', key)
+  elseif op == 'delifeq' then
+    if redis.call('GET', key) == a then redis.call('DEL', key) end
+  elseif op == 'zadd' then redis.call('ZADD', key, 0, a)
+  elseif op == 'zrem' then redis.call('ZREM', key, a)
+  elseif op == 'sadd' then redis.call('SADD', key, a)
+  elseif op == 'srem' then redis.call('SREM', key, a)
+  elseif op == 'hset' then redis.call('HSET', key, a, b)
+  elseif op == 'hdelifeq' then
+    if redis.call('HGET', key, a) == b then redis.call('HDEL', key, a) end
+  elseif op == 'xadd' then redis.call('XADD', key, 'MAXLEN', '~', a, '*', 'c', b)
+  else return redis.error_reply('unknown op ' .. op) end
+end
+return {'ok'}
+"#;
+
+/// What became of a commit.
+pub enum Reply {
+    /// A guard failed on this key: nothing was written.
+    Conflict(String),
+    /// Written on the master; `Err` when fewer replicas than asked acknowledged it.
+    Committed(Result<()>),
+}
+
+/// See the module documentation. Cheap to clone.
+#[derive(Clone)]
+pub struct Conn {
+    handle: tokio::runtime::Handle,
+    conn: ClusterConnection,
+    commit: Script,
+}
+
+/// Keeps the connection's runtime alive (dropped with the store).
+pub struct ConnRuntime(#[allow(dead_code)] tokio::runtime::Runtime);
+
+pub fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl Conn {
+    pub fn open(urls: &[String]) -> Result<(Conn, ConnRuntime)> {
+        if urls.is_empty() {
+            return Err(StoreError::Invalid(
+                "store.backend is redis-cluster but store.redis_urls is empty (ENGRAM_STORE__REDIS_URLS)".into(),
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("engram-redis")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Io)?;
+        let client: ClusterClient = ClusterClientBuilder::new(urls.to_vec())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            // A failover takes the cluster's node timeout plus an election: keep
+            // retrying through it rather than failing the request at once.
+            .retries(12)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("store.redis_urls: {e}")))?;
+        let conn = runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), client.get_async_connection())
+                    .await
+                    .map_err(|_| unavailable("no answer from the cluster within 30 s"))?
+                    .map_err(unavailable)
+            })
+            .map_err(|e| StoreError::Unavailable(format!("connecting to {}: {e}", urls.join(", "))))?;
+        let conn = Conn { handle: runtime.handle().clone(), conn, commit: Script::new(COMMIT_LUA) };
+        Ok((conn, ConnRuntime(runtime)))
+    }
+
+    /// Runs `f` on the connection's runtime and waits for it from this thread.
+    pub fn block<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(ClusterConnection) -> std::pin::Pin<Box<dyn Future<Output = T> + Send>> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let conn = self.conn.clone();
+        self.handle.spawn(async move {
+            let _ = tx.send(f(conn).await);
+        });
+        rx.recv().expect("the redis runtime dropped a request")
+    }
+
+    /// One command, routed by its key.
+    pub fn query<T: FromRedisValue + Send + 'static>(&self, cmd: Cmd) -> Result<T> {
+        self.block(move |mut c| Box::pin(async move { cmd.query_async::<T>(&mut c).await.map_err(unavailable) }))
+    }
+
+    /// Many commands at once (each routed by its key), answers in order.
+    pub fn query_all<T: FromRedisValue + Send + 'static>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
+        self.block(move |c| {
+            Box::pin(async move {
+                // Spawned together, they go out pipelined on the nodes' connections.
+                let tasks: Vec<_> = cmds
+                    .into_iter()
+                    .map(|cmd| {
+                        let mut c = c.clone();
+                        tokio::spawn(async move { cmd.query_async::<T>(&mut c).await })
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    out.push(task.await.map_err(unavailable)?.map_err(unavailable)?);
+                }
+                Ok(out)
+            })
+        })
+    }
+
+    /// Runs the commit script in the slot of `keys` (all in one slot), then waits until
+    /// `replicas` replicas hold it.
+    pub fn commit(&self, keys: Vec<String>, args: Vec<Vec<u8>>, replicas: u32, wait_timeout_ms: u64) -> Result<Reply> {
+        let script = self.commit.clone();
+        let route_key = keys.first().cloned().unwrap_or_default();
+        self.block(move |mut c| {
+            Box::pin(async move {
+                let mut invocation = script.prepare_invoke();
+                for k in &keys {
+                    invocation.key(k);
+                }
+                for a in &args {
+                    invocation.arg(a.as_slice());
+                }
+                let reply: Vec<String> = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+                if reply.first().map(String::as_str) == Some("conflict") {
+                    return Ok(Reply::Conflict(reply.get(1).cloned().unwrap_or_default()));
+                }
+                if replicas > 0 {
+                    // WAIT counts what this connection wrote to that master so far:
+                    // routed to the slot's master, it covers the script above.
+                    let mut wait = redis::cmd("WAIT");
+                    wait.arg(replicas).arg(wait_timeout_ms);
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                        route_key.as_bytes(),
+                        SlotAddr::Master,
+                    )));
+                    let acked = match c.route_command(wait, route).await {
+                        Ok(v) => redis::from_redis_value::<i64>(v).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    return Ok(Reply::Committed(match acked {
+                        Ok(n) if n >= replicas as i64 => Ok(()),
+                        Ok(n) => Err(StoreError::Unavailable(format!(
+                            "the write reached the master's log but only {n} of {replicas} replicas within \
+                             {wait_timeout_ms} ms; it may or may not survive a failover"
+                        ))),
+                        Err(e) => Err(StoreError::Unavailable(format!(
+                            "the write reached the master's log, but waiting for its replicas failed ({e}); \
+                             it may or may not survive a failover"
+                        ))),
+                    }));
+                }
+                Ok(Reply::Committed(Ok(())))
+            })
+        })
+    }
+}
