@@ -66,6 +66,9 @@ pub struct StoreConfig {
     pub index_save_interval_secs: u64,
     /// Seed nodes of the Redis Cluster (`redis://host:port`); the rest are discovered.
     pub redis_urls: Vec<String>,
+    /// Prefix of every key engram writes in the cluster: deployments sharing one
+    /// cluster each take their own.
+    pub redis_namespace: String,
     /// Replicas that must hold a write before it is acknowledged (Redis `WAIT`).
     pub redis_wait_replicas: u32,
     pub redis_wait_timeout_ms: u64,
@@ -86,6 +89,7 @@ impl Default for StoreConfig {
             index_save_interval_secs: 300,
             backend: BackendKind::Sled,
             redis_urls: Vec::new(),
+            redis_namespace: "engram".into(),
             redis_wait_replicas: 1,
             redis_wait_timeout_ms: 2000,
             redis_follow_interval_ms: 50,

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
 
 use engram::store::{BackendKind, StoreConfig};
 
@@ -117,4 +118,48 @@ impl Drop for Cluster {
         }
         let _ = Command::new("bash").arg(script()).arg("stop").arg(self.dir.path()).output();
     }
+}
+
+/// Whether the tests run against the cluster backend (`ENGRAM_TEST_BACKEND=redis-cluster`).
+pub fn cluster_backend() -> bool {
+    std::env::var("ENGRAM_TEST_BACKEND").is_ok_and(|b| b == "redis-cluster")
+}
+
+/// One cluster for a whole test binary, started on first use. Statics are never
+/// dropped, so a watchdog process stops it once this test process has exited.
+pub fn shared() -> &'static Cluster {
+    static SHARED: OnceLock<Cluster> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cluster = Cluster::start();
+        if !cluster.external {
+            let watchdog = format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; bash {script} stop {dir}",
+                pid = std::process::id(),
+                script = script().display(),
+                dir = cluster.dir().display()
+            );
+            Command::new("bash")
+                .args(["-c", &watchdog])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("starting the cluster's watchdog");
+        }
+        cluster
+    })
+}
+
+/// The environment that points `engram serve` at the backend the tests run against:
+/// nothing for sled; for the cluster, the shared cluster and a namespace named after
+/// `data_dir`.
+pub fn backend_env(data_dir: &Path) -> Vec<(String, String)> {
+    if !cluster_backend() {
+        return Vec::new();
+    }
+    let mut env = shared().env();
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = blake3::hash(path.to_string_lossy().as_bytes()).to_hex();
+    env.push(("ENGRAM_STORE__REDIS_NAMESPACE".into(), format!("test-{}", &digest[..16])));
+    env
 }

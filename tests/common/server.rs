@@ -14,12 +14,19 @@ pub struct Server {
 
 impl Server {
     /// Starts `engram serve` on a free port and waits for its "listening" line.
+    ///
+    /// With `ENGRAM_TEST_BACKEND=redis-cluster` the server keeps its data in a Redis
+    /// Cluster shared by the test binary (see [`super::cluster::shared`]) instead of
+    /// sled, under a namespace of its own named after `data_dir`: the same API tests
+    /// then run against either backend, and a restart on the same `data_dir` finds its
+    /// data again.
     pub fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(super::engram_bin())
             .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
             .arg(data_dir)
             .env("ENGRAM_LOG__FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(super::cluster::backend_env(data_dir))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -33,7 +33,9 @@ const DELETE_BATCH: usize = 256;
 /// One commit in one slot, being planned.
 struct Tx {
     shard: u16,
-    keys: Vec<String>,
+    keys: layout::Keys,
+    /// The keys the script touches (KEYS), in first-use order.
+    touched: Vec<String>,
     key_index: HashMap<String, usize>,
     guards: Vec<Vec<u8>>,
     guard_count: usize,
@@ -48,10 +50,11 @@ struct Tx {
 }
 
 impl Tx {
-    fn new(shard: u16) -> Self {
+    fn new(shard: u16, keys: layout::Keys) -> Self {
         Self {
             shard,
-            keys: Vec::new(),
+            keys,
+            touched: Vec::new(),
             key_index: HashMap::new(),
             guards: Vec::new(),
             guard_count: 0,
@@ -66,9 +69,9 @@ impl Tx {
 
     fn key(&mut self, key: String) -> Vec<u8> {
         debug_assert!(key.contains(&format!("{{s{:02}}}", self.shard)), "{key} is outside shard {}", self.shard);
-        let next = self.keys.len() + 1;
+        let next = self.touched.len() + 1;
         let i = *self.key_index.entry(key.clone()).or_insert_with(|| {
-            self.keys.push(key);
+            self.touched.push(key);
             next
         });
         i.to_string().into_bytes()
@@ -107,16 +110,16 @@ impl Tx {
         let shard = self.shard;
         let mut stored = record.clone();
         stored.point_id = 0;
-        self.op("set", layout::entry(shard, id), &stored.encode_to_vec(), b"");
-        self.op("zadd", layout::listing(&scope), &listing_member(record, id), b"");
-        self.op("set", layout::dedupe(shard, &hash_key(record)), &id.to_bytes(), b"");
+        self.op("set", self.keys.entry(shard, id), &stored.encode_to_vec(), b"");
+        self.op("zadd", self.keys.listing(&scope), &listing_member(record, id), b"");
+        self.op("set", self.keys.dedupe(shard, &hash_key(record)), &id.to_bytes(), b"");
         if let Some(doc) = document_of(record) {
-            self.op("sadd", layout::document_chunks(shard, doc), &id.to_bytes(), b"");
+            self.op("sadd", self.keys.document_chunks(shard, doc), &id.to_bytes(), b"");
         }
         if let Some(sid) = session_of(record) {
-            self.op("sadd", layout::session_entries(&scope, &sid), &id.to_bytes(), b"");
+            self.op("sadd", self.keys.session_entries(&scope, &sid), &id.to_bytes(), b"");
         }
-        self.before.push(redis::cmd("SET").arg(layout::directory(id)).arg(shard).clone());
+        self.before.push(redis::cmd("SET").arg(self.keys.directory(id)).arg(shard).clone());
         self.events.push(format!("+{} {id}", scope.hex()));
         self.changes.push(Change::Added(stored));
     }
@@ -125,15 +128,15 @@ impl Tx {
     fn remove_entry(&mut self, old: &MemoryEntry, bytes: &[u8], id: Ulid) {
         let scope = scope_of(old);
         let shard = self.shard;
-        self.guard(layout::entry(shard, id), Some(bytes));
-        self.op("del", layout::entry(shard, id), b"", b"");
-        self.op("zrem", layout::listing(&scope), &listing_member(old, id), b"");
-        self.op("delifeq", layout::dedupe(shard, &hash_key(old)), &id.to_bytes(), b"");
+        self.guard(self.keys.entry(shard, id), Some(bytes));
+        self.op("del", self.keys.entry(shard, id), b"", b"");
+        self.op("zrem", self.keys.listing(&scope), &listing_member(old, id), b"");
+        self.op("delifeq", self.keys.dedupe(shard, &hash_key(old)), &id.to_bytes(), b"");
         if let Some(doc) = document_of(old) {
-            self.op("srem", layout::document_chunks(shard, doc), &id.to_bytes(), b"");
+            self.op("srem", self.keys.document_chunks(shard, doc), &id.to_bytes(), b"");
         }
         if let Some(sid) = session_of(old) {
-            self.op("srem", layout::session_entries(&scope, &sid), &id.to_bytes(), b"");
+            self.op("srem", self.keys.session_entries(&scope, &sid), &id.to_bytes(), b"");
         }
         self.events.push(format!("-{} {id}", scope.hex()));
         self.changes.push(Change::Removed { id, scope });
@@ -143,13 +146,13 @@ impl Tx {
         if !self.events.is_empty() {
             let payload = format!("node {node}\n{}", self.events.join("\n"));
             let max_len = layout::STREAM_MAX_LEN.to_string();
-            self.op("xadd", layout::changes(self.shard), max_len.as_bytes(), payload.as_bytes());
+            self.op("xadd", self.keys.changes(self.shard), max_len.as_bytes(), payload.as_bytes());
         }
         let mut args = vec![self.guard_count.to_string().into_bytes()];
         args.append(&mut self.guards);
         args.push(self.op_count.to_string().into_bytes());
         args.append(&mut self.ops);
-        (std::mem::take(&mut self.keys), args)
+        (std::mem::take(&mut self.touched), args)
     }
 }
 
@@ -208,7 +211,7 @@ impl RedisStore {
     /// in between; then tells the caches.
     fn run_tx<T>(&self, shard: u16, mut plan: impl FnMut(&mut Tx) -> Result<T>) -> Result<T> {
         for attempt in 0..MAX_ATTEMPTS {
-            let mut tx = Tx::new(shard);
+            let mut tx = Tx::new(shard, self.keys.clone());
             let out = plan(&mut tx)?;
             if tx.is_empty() {
                 return Ok(out);
@@ -282,7 +285,7 @@ impl RedisStore {
         let mut current = self.dimension.lock();
         if current.is_none() {
             let set: Option<String> = self.conn.query(
-                redis::cmd("SET").arg(layout::meta_dimension()).arg(width as u32).arg("NX").arg("GET").clone(),
+                redis::cmd("SET").arg(self.keys.meta_dimension()).arg(width as u32).arg("NX").arg("GET").clone(),
             )?;
             *current = Some(set.and_then(|s| s.parse().ok()).unwrap_or(width));
         }
@@ -376,7 +379,7 @@ impl RedisStore {
             }
         };
         let revision = match &extras.session {
-            Some(_) => Some(self.conn.query::<u64>(redis::cmd("INCR").arg(layout::meta_revision()).clone())?),
+            Some(_) => Some(self.conn.query::<u64>(redis::cmd("INCR").arg(self.keys.meta_revision()).clone())?),
             None => None,
         };
         let outcomes = self.run_tx(shard, |tx| {
@@ -394,7 +397,7 @@ impl RedisStore {
                 let existing = match in_batch.get(&hkey) {
                     Some(id) => Some(*id),
                     None => {
-                        let dkey = layout::dedupe(shard, &hkey);
+                        let dkey = self.keys.dedupe(shard, &hkey);
                         let current = self.get_bytes(&dkey)?;
                         tx.guard(dkey, current.as_deref());
                         current.as_deref().and_then(ulid_from_bytes)
@@ -408,7 +411,7 @@ impl RedisStore {
                     continue;
                 }
                 in_batch.insert(hkey, id);
-                let key = layout::entry(shard, id);
+                let key = self.keys.entry(shard, id);
                 let old = self.get_bytes(&key)?;
                 match &old {
                     Some(bytes) => {
@@ -456,13 +459,13 @@ impl RedisStore {
                         "user `{user_id}` was erased while this request ran; nothing of it was stored"
                     )));
                 }
-                tx.guard(layout::epoch(&scope), raw.as_deref());
+                tx.guard(self.keys.epoch(&scope), raw.as_deref());
             }
             Precondition::JobPending(id) => {
                 let found = self.read_job_raw(*id)?;
                 match found {
                     Some((shard, job, bytes)) if shard == tx.shard && job.state() == JobState::JobPending => {
-                        tx.guard(layout::job(shard, *id), Some(&bytes));
+                        tx.guard(self.keys.job(shard, *id), Some(&bytes));
                     }
                     _ => return Err(conflict(format!("job {id} was cancelled; nothing of it was stored"))),
                 }
@@ -476,13 +479,13 @@ impl RedisStore {
         let s = &write.session;
         let scope = scope_key(s.scope.as_ref());
         let owner: Option<String> =
-            self.conn.query(redis::cmd("GET").arg(layout::session_directory(&scope.tenant, &s.id)).clone())?;
+            self.conn.query(redis::cmd("GET").arg(self.keys.session_directory(&scope.tenant, &s.id)).clone())?;
         if let Some(other) = owner.as_deref().filter(|o| *o != scope.hex()).and_then(ScopeKey::from_hex) {
-            if self.get_bytes(&layout::session(&other, &s.id))?.is_some() {
+            if self.get_bytes(&self.keys.session(&other, &s.id))?.is_some() {
                 return Err(conflict(format!("session `{}` belongs to another user; nothing was stored", s.id)));
             }
         }
-        let key = layout::session(&scope, &s.id);
+        let key = self.keys.session(&scope, &s.id);
         let current = self.get_bytes(&key)?;
         let old: Option<crate::store::records::Session> = current.as_deref().map(|b| decode(&key, b)).transpose()?;
         let stored = old.as_ref().map_or(0, |o| o.revision);
@@ -494,7 +497,7 @@ impl RedisStore {
         if let Some(old) = old.as_ref().filter(|o| !o.transcript_digest.is_empty()) {
             tx.op(
                 "hdelifeq",
-                layout::transcripts(&scope),
+                self.keys.transcripts(&scope),
                 layout::hex(&old.transcript_digest).as_bytes(),
                 s.id.as_bytes(),
             );
@@ -502,16 +505,17 @@ impl RedisStore {
         let mut record = s.clone();
         record.revision = revision;
         tx.op("set", key, &record.encode_to_vec(), b"");
-        tx.op("sadd", layout::scope_sessions(&scope), s.id.as_bytes(), b"");
+        tx.op("sadd", self.keys.scope_sessions(&scope), s.id.as_bytes(), b"");
         if !record.transcript_digest.is_empty() {
             tx.op(
                 "hset",
-                layout::transcripts(&scope),
+                self.keys.transcripts(&scope),
                 layout::hex(&record.transcript_digest).as_bytes(),
                 s.id.as_bytes(),
             );
         }
-        tx.before.push(redis::cmd("SET").arg(layout::session_directory(&scope.tenant, &s.id)).arg(scope.hex()).clone());
+        tx.before
+            .push(redis::cmd("SET").arg(self.keys.session_directory(&scope.tenant, &s.id)).arg(scope.hex()).clone());
         Ok(())
     }
 
@@ -528,7 +532,7 @@ impl RedisStore {
         for (shard, ids) in by_shard {
             self.run_tx(shard, |tx| {
                 for id in &ids {
-                    let key = layout::entry(shard, *id);
+                    let key = self.keys.entry(shard, *id);
                     let Some(bytes) = self.get_bytes(&key)? else { continue };
                     let mut e: MemoryEntry = decode(&key, &bytes)?;
                     e.access_count += 1;
@@ -562,7 +566,7 @@ impl RedisStore {
         let mut gone = Vec::new();
         for (id, entry, bytes) in entries {
             tx.remove_entry(&entry, &bytes, id);
-            tx.after.push(redis::cmd("DEL").arg(layout::directory(id)).clone());
+            tx.after.push(redis::cmd("DEL").arg(self.keys.directory(id)).clone());
             gone.push(id);
         }
         Ok(gone)
@@ -572,7 +576,7 @@ impl RedisStore {
     fn read_raw_in(&self, shard: u16, ids: &[Ulid]) -> Result<Vec<(Ulid, MemoryEntry, Vec<u8>)>> {
         let mut out = Vec::new();
         for chunk in ids.chunks(512) {
-            let keys: Vec<String> = chunk.iter().map(|id| layout::entry(shard, *id)).collect();
+            let keys: Vec<String> = chunk.iter().map(|id| self.keys.entry(shard, *id)).collect();
             let values: Vec<Option<Vec<u8>>> = self.conn.query(redis::cmd("MGET").arg(&keys).clone())?;
             for ((id, key), value) in chunk.iter().zip(&keys).zip(values) {
                 if let Some(bytes) = value {
@@ -598,25 +602,28 @@ impl RedisStore {
     pub(super) fn remove_session(&self, tenant: &str, id: &str) -> Result<bool> {
         let Some((scope, _, _)) = self.read_session(tenant, id)? else { return Ok(false) };
         self.run_tx(scope.shard(), |tx| {
-            let ids: Vec<Ulid> =
-                self.members(&layout::session_entries(&scope, id))?.iter().filter_map(|b| ulid_from_bytes(b)).collect();
+            let ids: Vec<Ulid> = self
+                .members(&self.keys.session_entries(&scope, id))?
+                .iter()
+                .filter_map(|b| ulid_from_bytes(b))
+                .collect();
             self.plan_deletes(tx, &ids)?;
-            let key = layout::session(&scope, id);
+            let key = self.keys.session(&scope, id);
             let Some(bytes) = self.get_bytes(&key)? else { return Ok(false) };
             let old: crate::store::records::Session = decode(&key, &bytes)?;
             tx.guard(key.clone(), Some(&bytes));
             tx.op("del", key, b"", b"");
-            tx.op("del", layout::session_entries(&scope, id), b"", b"");
-            tx.op("srem", layout::scope_sessions(&scope), id.as_bytes(), b"");
+            tx.op("del", self.keys.session_entries(&scope, id), b"", b"");
+            tx.op("srem", self.keys.scope_sessions(&scope), id.as_bytes(), b"");
             if !old.transcript_digest.is_empty() {
                 tx.op(
                     "hdelifeq",
-                    layout::transcripts(&scope),
+                    self.keys.transcripts(&scope),
                     layout::hex(&old.transcript_digest).as_bytes(),
                     id.as_bytes(),
                 );
             }
-            tx.after.push(redis::cmd("DEL").arg(layout::session_directory(tenant, id)).clone());
+            tx.after.push(redis::cmd("DEL").arg(self.keys.session_directory(tenant, id)).clone());
             Ok(true)
         })
     }
@@ -649,24 +656,24 @@ impl RedisStore {
         self.run_tx(shard, |tx| {
             if let Some((_, doc, _)) = &doc {
                 let mut chunks: std::collections::BTreeSet<Ulid> = self
-                    .members(&layout::document_chunks(shard, id))?
+                    .members(&self.keys.document_chunks(shard, id))?
                     .iter()
                     .filter_map(|b| ulid_from_bytes(b))
                     .collect();
                 chunks.extend(doc.chunk_ids.iter().filter_map(|c| ulid_from_bytes(c)));
                 let exclusive: Vec<Ulid> = chunks.into_iter().filter(|c| !shared.contains(c)).collect();
                 self.plan_deletes(tx, &exclusive)?;
-                let key = layout::document(shard, id);
+                let key = self.keys.document(shard, id);
                 if let Some(bytes) = self.get_bytes(&key)? {
                     tx.guard(key.clone(), Some(&bytes));
                     tx.op("del", key, b"", b"");
                 }
                 let scope = scope_key(doc.scope.as_ref());
-                tx.op("srem", layout::scope_documents(&scope), id.to_string().as_bytes(), b"");
+                tx.op("srem", self.keys.scope_documents(&scope), id.to_string().as_bytes(), b"");
                 tx.after.push(
-                    redis::cmd("SREM").arg(layout::tenant_documents(tenant)).arg(format!("{shard}:{id}")).clone(),
+                    redis::cmd("SREM").arg(self.keys.tenant_documents(tenant)).arg(format!("{shard}:{id}")).clone(),
                 );
-                tx.after.push(redis::cmd("DEL").arg(layout::directory(id)).clone());
+                tx.after.push(redis::cmd("DEL").arg(self.keys.directory(id)).clone());
             }
             for (job_shard, job) in &jobs {
                 if *job_shard == shard {
@@ -703,13 +710,13 @@ impl RedisStore {
         }
         let scope = ScopeKey::new(tenant, user_id);
         let shard = scope.shard();
-        self.conn.query::<()>(redis::cmd("SADD").arg(layout::meta_erasing()).arg(scope.hex()).clone())?;
+        self.conn.query::<()>(redis::cmd("SADD").arg(self.keys.meta_erasing()).arg(scope.hex()).clone())?;
         self.bump_epoch(&scope, 0)?;
         let mut deleted = 0;
         loop {
-            let members: Vec<Vec<u8>> = self
-                .conn
-                .query(redis::cmd("ZRANGE").arg(layout::listing(&scope)).arg(0).arg(DELETE_BATCH as i64 - 1).clone())?;
+            let members: Vec<Vec<u8>> = self.conn.query(
+                redis::cmd("ZRANGE").arg(self.keys.listing(&scope)).arg(0).arg(DELETE_BATCH as i64 - 1).clone(),
+            )?;
             if members.is_empty() {
                 break;
             }
@@ -718,39 +725,41 @@ impl RedisStore {
                 let gone = self.plan_deletes(tx, &ids)?;
                 // Members whose record is already gone (a hint left by a crash).
                 for m in &members {
-                    tx.op("zrem", layout::listing(&scope), m, b"");
+                    tx.op("zrem", self.keys.listing(&scope), m, b"");
                 }
                 Ok(gone.len())
             })?;
             deleted += gone;
         }
-        let sessions = self.members(&layout::scope_sessions(&scope))?;
-        let documents = self.members(&layout::scope_documents(&scope))?;
-        let jobs = self.members(&layout::scope_jobs(&scope))?;
+        let sessions = self.members(&self.keys.scope_sessions(&scope))?;
+        let documents = self.members(&self.keys.scope_documents(&scope))?;
+        let jobs = self.members(&self.keys.scope_jobs(&scope))?;
         self.run_tx(shard, |tx| {
             for sid in sessions.iter().map(|s| String::from_utf8_lossy(s).into_owned()) {
-                tx.op("del", layout::session(&scope, &sid), b"", b"");
-                tx.op("del", layout::session_entries(&scope, &sid), b"", b"");
-                tx.after.push(redis::cmd("DEL").arg(layout::session_directory(tenant, &sid)).clone());
+                tx.op("del", self.keys.session(&scope, &sid), b"", b"");
+                tx.op("del", self.keys.session_entries(&scope, &sid), b"", b"");
+                tx.after.push(redis::cmd("DEL").arg(self.keys.session_directory(tenant, &sid)).clone());
             }
             for doc in documents.iter().filter_map(|d| std::str::from_utf8(d).ok()?.parse::<Ulid>().ok()) {
-                tx.op("del", layout::document(shard, doc), b"", b"");
-                tx.op("del", layout::document_chunks(shard, doc), b"", b"");
+                tx.op("del", self.keys.document(shard, doc), b"", b"");
+                tx.op("del", self.keys.document_chunks(shard, doc), b"", b"");
                 tx.after.push(
-                    redis::cmd("SREM").arg(layout::tenant_documents(tenant)).arg(format!("{shard}:{doc}")).clone(),
+                    redis::cmd("SREM").arg(self.keys.tenant_documents(tenant)).arg(format!("{shard}:{doc}")).clone(),
                 );
-                tx.after.push(redis::cmd("DEL").arg(layout::directory(doc)).clone());
+                tx.after.push(redis::cmd("DEL").arg(self.keys.directory(doc)).clone());
             }
             for job in jobs.iter().filter_map(|j| std::str::from_utf8(j).ok()?.parse::<Ulid>().ok()) {
                 plan_job_removal(tx, job, Some(&scope));
             }
-            for key in [layout::scope_sessions(&scope), layout::scope_documents(&scope), layout::transcripts(&scope)] {
+            for key in
+                [self.keys.scope_sessions(&scope), self.keys.scope_documents(&scope), self.keys.transcripts(&scope)]
+            {
                 tx.op("del", key, b"", b"");
             }
             Ok(())
         })?;
         self.bump_epoch(&scope, 1)?;
-        self.conn.query::<()>(redis::cmd("SREM").arg(layout::meta_erasing()).arg(scope.hex()).clone())?;
+        self.conn.query::<()>(redis::cmd("SREM").arg(self.keys.meta_erasing()).arg(scope.hex()).clone())?;
         Ok(deleted)
     }
 
@@ -761,8 +770,8 @@ impl RedisStore {
             let raw = self.read_epoch_raw(scope)?;
             let epoch = epoch_value(raw.as_deref());
             if epoch % 2 == parity {
-                tx.guard(layout::epoch(scope), raw.as_deref());
-                tx.op("set", layout::epoch(scope), &(epoch + 1).to_be_bytes(), b"");
+                tx.guard(self.keys.epoch(scope), raw.as_deref());
+                tx.op("set", self.keys.epoch(scope), &(epoch + 1).to_be_bytes(), b"");
             }
             Ok(())
         })
@@ -770,14 +779,14 @@ impl RedisStore {
 
     /// Finishes the erasures a crash cut short (their epoch is still odd).
     pub(super) fn finish_interrupted_erasures(&self) -> Result<()> {
-        let pending: Vec<String> = self.conn.query(redis::cmd("SMEMBERS").arg(layout::meta_erasing()).clone())?;
+        let pending: Vec<String> = self.conn.query(redis::cmd("SMEMBERS").arg(self.keys.meta_erasing()).clone())?;
         for hex in pending {
             let Some(scope) = ScopeKey::from_hex(&hex) else { continue };
             if self.read_epoch(&scope)? % 2 == 1 {
                 tracing::warn!(tenant = scope.tenant, user = scope.user, "finishing an erasure a stop cut short");
                 self.erase(&scope.tenant, &scope.user)?;
             } else {
-                self.conn.query::<()>(redis::cmd("SREM").arg(layout::meta_erasing()).arg(&hex).clone())?;
+                self.conn.query::<()>(redis::cmd("SREM").arg(self.keys.meta_erasing()).arg(&hex).clone())?;
             }
         }
         Ok(())
@@ -801,7 +810,7 @@ impl RedisStore {
     /// Every entry of a scope, read from its listing.
     pub(super) fn fetch_scope(&self, scope: &ScopeKey) -> Result<Vec<crate::store::records::MemoryEntry>> {
         let members: Vec<Vec<u8>> =
-            self.conn.query(redis::cmd("ZRANGE").arg(layout::listing(scope)).arg(0).arg(-1).clone())?;
+            self.conn.query(redis::cmd("ZRANGE").arg(self.keys.listing(scope)).arg(0).arg(-1).clone())?;
         let ids: Vec<Ulid> = members.iter().filter_map(|m| m.get(1..17)).filter_map(ulid_from_bytes).collect();
         self.read_entries_in(scope.shard(), &ids)
     }
@@ -811,11 +820,11 @@ fn plan_document(tx: &mut Tx, doc: &Document) -> Result<()> {
     let id = ulid_from_bytes(&doc.id).ok_or_else(|| invalid("document id must be 16 bytes"))?;
     let scope = scope_key(doc.scope.as_ref());
     let shard = tx.shard;
-    tx.op("set", layout::document(shard, id), &doc.encode_to_vec(), b"");
-    tx.op("sadd", layout::scope_documents(&scope), id.to_string().as_bytes(), b"");
-    tx.before.push(redis::cmd("SET").arg(layout::directory(id)).arg(shard).clone());
+    tx.op("set", tx.keys.document(shard, id), &doc.encode_to_vec(), b"");
+    tx.op("sadd", tx.keys.scope_documents(&scope), id.to_string().as_bytes(), b"");
+    tx.before.push(redis::cmd("SET").arg(tx.keys.directory(id)).arg(shard).clone());
     tx.before
-        .push(redis::cmd("SADD").arg(layout::tenant_documents(&scope.tenant)).arg(format!("{shard}:{id}")).clone());
+        .push(redis::cmd("SADD").arg(tx.keys.tenant_documents(&scope.tenant)).arg(format!("{shard}:{id}")).clone());
     Ok(())
 }
 
@@ -823,21 +832,21 @@ fn plan_job(tx: &mut Tx, job: &IngestJob) -> Result<()> {
     let id = ulid_from_bytes(&job.id).ok_or_else(|| invalid("job id must be 16 bytes"))?;
     let scope = scope_key(job.scope.as_ref());
     let shard = tx.shard;
-    tx.op("set", layout::job(shard, id), &job.encode_to_vec(), b"");
-    tx.op("sadd", layout::scope_jobs(&scope), id.to_string().as_bytes(), b"");
-    tx.before.push(redis::cmd("SET").arg(layout::directory(id)).arg(shard).clone());
-    tx.before.push(redis::cmd("SADD").arg(layout::meta_jobs()).arg(format!("{shard}:{id}")).clone());
+    tx.op("set", tx.keys.job(shard, id), &job.encode_to_vec(), b"");
+    tx.op("sadd", tx.keys.scope_jobs(&scope), id.to_string().as_bytes(), b"");
+    tx.before.push(redis::cmd("SET").arg(tx.keys.directory(id)).arg(shard).clone());
+    tx.before.push(redis::cmd("SADD").arg(tx.keys.meta_jobs()).arg(format!("{shard}:{id}")).clone());
     Ok(())
 }
 
 fn plan_job_removal(tx: &mut Tx, id: Ulid, scope: Option<&ScopeKey>) {
     let shard = tx.shard;
-    tx.op("del", layout::job(shard, id), b"", b"");
+    tx.op("del", tx.keys.job(shard, id), b"", b"");
     if let Some(scope) = scope {
-        tx.op("srem", layout::scope_jobs(scope), id.to_string().as_bytes(), b"");
+        tx.op("srem", tx.keys.scope_jobs(scope), id.to_string().as_bytes(), b"");
     }
-    tx.after.push(redis::cmd("SREM").arg(layout::meta_jobs()).arg(format!("{shard}:{id}")).clone());
-    tx.after.push(redis::cmd("DEL").arg(layout::directory(id)).clone());
+    tx.after.push(redis::cmd("SREM").arg(tx.keys.meta_jobs()).arg(format!("{shard}:{id}")).clone());
+    tx.after.push(redis::cmd("DEL").arg(tx.keys.directory(id)).clone());
 }
 
 fn scope_of_job(store: &RedisStore, id: Ulid) -> Result<Option<ScopeKey>> {

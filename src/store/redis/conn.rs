@@ -69,7 +69,17 @@ pub struct Conn {
 }
 
 /// Keeps the connection's runtime alive (dropped with the store).
-pub struct ConnRuntime(#[allow(dead_code)] tokio::runtime::Runtime);
+pub struct ConnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ConnRuntime {
+    fn drop(&mut self) {
+        // The store may be dropped on an async worker, where waiting for the runtime's
+        // threads is not allowed: let them wind down on their own.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 pub fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -105,7 +115,7 @@ impl Conn {
             })
             .map_err(|e| StoreError::Unavailable(format!("connecting to {}: {e}", urls.join(", "))))?;
         let conn = Conn { handle: runtime.handle().clone(), conn, commit: Script::new(COMMIT_LUA) };
-        Ok((conn, ConnRuntime(runtime)))
+        Ok((conn, ConnRuntime(Some(runtime))))
     }
 
     /// Runs `f` on the connection's runtime and waits for it from this thread.

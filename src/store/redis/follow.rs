@@ -43,7 +43,7 @@ impl Follower {
         if let Some(s) = store.upgrade() {
             let cmds = (0..layout::SHARDS)
                 .map(|shard| {
-                    redis::cmd("XREVRANGE").arg(layout::changes(shard)).arg("+").arg("-").arg("COUNT").arg(1).clone()
+                    redis::cmd("XREVRANGE").arg(s.keys.changes(shard)).arg("+").arg("-").arg("COUNT").arg(1).clone()
                 })
                 .collect();
             let last: Vec<Vec<(String, HashMap<String, redis::Value>)>> = s.conn.query_all(cmds)?;
@@ -107,7 +107,7 @@ fn poll(store: &RedisStore, positions: &mut [String], lag: &AtomicU64) -> Result
                 .arg("COUNT")
                 .arg(READ_COUNT)
                 .arg("STREAMS")
-                .arg(layout::changes(shard))
+                .arg(store.keys.changes(shard))
                 .arg(&positions[shard as usize])
                 .clone()
         })
@@ -120,7 +120,7 @@ fn poll(store: &RedisStore, positions: &mut [String], lag: &AtomicU64) -> Result
         let Some(last) = entries.last().map(|e| e.id.clone()) else { continue };
         if store.cache.holds_shard(shard) && positions[shard as usize] != "0-0" {
             let first: Vec<(String, HashMap<String, redis::Value>)> = store.conn.query(
-                redis::cmd("XRANGE").arg(layout::changes(shard)).arg("-").arg("+").arg("COUNT").arg(1).clone(),
+                redis::cmd("XRANGE").arg(store.keys.changes(shard)).arg("-").arg("+").arg("COUNT").arg(1).clone(),
             )?;
             let trimmed = first.first().is_some_and(|(id, _)| parse_id(id) > parse_id(&positions[shard as usize]));
             if trimmed {

@@ -72,8 +72,12 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     crate::store::read::unhex(s)
 }
 
-fn tag(shard: u16) -> String {
-    format!("engram:{{s{shard:02}}}")
+/// The keys of one deployment: every key starts with its namespace
+/// (`store.redis_namespace`), so that several deployments — or test runs — can share
+/// one cluster without meeting.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: std::sync::Arc<str>,
 }
 
 /// The shard a directory key of `id` lives in.
@@ -81,110 +85,123 @@ pub fn id_shard(id: Ulid) -> u16 {
     shard_of(&id.to_bytes())
 }
 
-/// id → the shard holding the record (entries, documents, jobs).
-pub fn directory(id: Ulid) -> String {
-    format!("{}:dir:{id}", tag(id_shard(id)))
-}
+impl Keys {
+    pub fn new(namespace: &str) -> Result<Self, String> {
+        if namespace.is_empty() || namespace.contains(['{', '}']) || namespace.len() > 64 {
+            return Err(format!("store.redis_namespace must be 1 to 64 bytes without braces, got `{namespace}`"));
+        }
+        Ok(Self { prefix: namespace.into() })
+    }
 
-/// (tenant, session id) → the hex scope of the user owning the session.
-pub fn session_directory(tenant: &str, session_id: &str) -> String {
-    let key = KeyBuf::new().str(tenant).str(session_id).finish();
-    format!("{}:sdir:{}", tag(shard_of(&key)), hex(&key))
-}
+    fn tag(&self, shard: u16) -> String {
+        format!("{}:{{s{shard:02}}}", self.prefix)
+    }
 
-/// The set of a tenant's documents across its users ("<shard>:<id>" members).
-pub fn tenant_documents(tenant: &str) -> String {
-    let key = KeyBuf::new().str(tenant).finish();
-    format!("{}:tdocs:{}", tag(shard_of(&key)), hex(&key))
-}
+    /// id → the shard holding the record (entries, documents, jobs).
+    pub fn directory(&self, id: Ulid) -> String {
+        format!("{}:dir:{id}", self.tag(id_shard(id)))
+    }
 
-pub fn entry(shard: u16, id: Ulid) -> String {
-    format!("{}:m:{id}", tag(shard))
-}
+    /// (tenant, session id) → the hex scope of the user owning the session.
+    pub fn session_directory(&self, tenant: &str, session_id: &str) -> String {
+        let key = KeyBuf::new().str(tenant).str(session_id).finish();
+        format!("{}:sdir:{}", self.tag(shard_of(&key)), hex(&key))
+    }
 
-/// Sorted set of a scope's entries, members `kind byte ‖ id bytes` (listing order).
-pub fn listing(scope: &ScopeKey) -> String {
-    format!("{}:z:{}", tag(scope.shard()), scope.hex())
-}
+    /// The set of a tenant's documents across its users ("<shard>:<id>" members).
+    pub fn tenant_documents(&self, tenant: &str) -> String {
+        let key = KeyBuf::new().str(tenant).finish();
+        format!("{}:tdocs:{}", self.tag(shard_of(&key)), hex(&key))
+    }
 
-/// Content hash key (see `keys::hash_key`) → entry id: one copy of a text per scope.
-pub fn dedupe(shard: u16, hash_key: &[u8]) -> String {
-    format!("{}:h:{}", tag(shard), hex(hash_key))
-}
+    pub fn entry(&self, shard: u16, id: Ulid) -> String {
+        format!("{}:m:{id}", self.tag(shard))
+    }
 
-/// Set of a document's chunk ids.
-pub fn document_chunks(shard: u16, document: Ulid) -> String {
-    format!("{}:dc:{document}", tag(shard))
-}
+    /// Sorted set of a scope's entries, members `kind byte ‖ id bytes` (listing order).
+    pub fn listing(&self, scope: &ScopeKey) -> String {
+        format!("{}:z:{}", self.tag(scope.shard()), scope.hex())
+    }
 
-pub fn document(shard: u16, id: Ulid) -> String {
-    format!("{}:d:{id}", tag(shard))
-}
+    /// Content hash key (see `keys::hash_key`) → entry id: one copy of a text per scope.
+    pub fn dedupe(&self, shard: u16, hash_key: &[u8]) -> String {
+        format!("{}:h:{}", self.tag(shard), hex(hash_key))
+    }
 
-/// Set of a scope's document ids.
-pub fn scope_documents(scope: &ScopeKey) -> String {
-    format!("{}:ds:{}", tag(scope.shard()), scope.hex())
-}
+    /// Set of a document's chunk ids.
+    pub fn document_chunks(&self, shard: u16, document: Ulid) -> String {
+        format!("{}:dc:{document}", self.tag(shard))
+    }
 
-pub fn job(shard: u16, id: Ulid) -> String {
-    format!("{}:j:{id}", tag(shard))
-}
+    pub fn document(&self, shard: u16, id: Ulid) -> String {
+        format!("{}:d:{id}", self.tag(shard))
+    }
 
-/// Set of a scope's job ids.
-pub fn scope_jobs(scope: &ScopeKey) -> String {
-    format!("{}:js:{}", tag(scope.shard()), scope.hex())
-}
+    /// Set of a scope's document ids.
+    pub fn scope_documents(&self, scope: &ScopeKey) -> String {
+        format!("{}:ds:{}", self.tag(scope.shard()), scope.hex())
+    }
 
-pub fn session(scope: &ScopeKey, session_id: &str) -> String {
-    format!("{}:s:{}:{}", tag(scope.shard()), scope.hex(), hex(session_id.as_bytes()))
-}
+    pub fn job(&self, shard: u16, id: Ulid) -> String {
+        format!("{}:j:{id}", self.tag(shard))
+    }
 
-/// Set of the entry ids written from a session.
-pub fn session_entries(scope: &ScopeKey, session_id: &str) -> String {
-    format!("{}:se:{}:{}", tag(scope.shard()), scope.hex(), hex(session_id.as_bytes()))
-}
+    /// Set of a scope's job ids.
+    pub fn scope_jobs(&self, scope: &ScopeKey) -> String {
+        format!("{}:js:{}", self.tag(scope.shard()), scope.hex())
+    }
 
-/// Set of a scope's session ids.
-pub fn scope_sessions(scope: &ScopeKey) -> String {
-    format!("{}:ss:{}", tag(scope.shard()), scope.hex())
-}
+    pub fn session(&self, scope: &ScopeKey, session_id: &str) -> String {
+        format!("{}:s:{}:{}", self.tag(scope.shard()), scope.hex(), hex(session_id.as_bytes()))
+    }
 
-/// Hash of a scope's transcript digests (hex) → session id.
-pub fn transcripts(scope: &ScopeKey) -> String {
-    format!("{}:tr:{}", tag(scope.shard()), scope.hex())
-}
+    /// Set of the entry ids written from a session.
+    pub fn session_entries(&self, scope: &ScopeKey, session_id: &str) -> String {
+        format!("{}:se:{}:{}", self.tag(scope.shard()), scope.hex(), hex(session_id.as_bytes()))
+    }
 
-/// The scope's erase epoch (u64, big-endian bytes; absent is 0).
-pub fn epoch(scope: &ScopeKey) -> String {
-    format!("{}:ep:{}", tag(scope.shard()), scope.hex())
-}
+    /// Set of a scope's session ids.
+    pub fn scope_sessions(&self, scope: &ScopeKey) -> String {
+        format!("{}:ss:{}", self.tag(scope.shard()), scope.hex())
+    }
 
-/// The shard's change stream.
-pub fn changes(shard: u16) -> String {
-    format!("{}:changes", tag(shard))
-}
+    /// Hash of a scope's transcript digests (hex) → session id.
+    pub fn transcripts(&self, scope: &ScopeKey) -> String {
+        format!("{}:tr:{}", self.tag(scope.shard()), scope.hex())
+    }
 
-pub fn meta_layout() -> &'static str {
-    "engram:{meta}:layout"
-}
+    /// The scope's erase epoch (u64, big-endian bytes; absent is 0).
+    pub fn epoch(&self, scope: &ScopeKey) -> String {
+        format!("{}:ep:{}", self.tag(scope.shard()), scope.hex())
+    }
 
-pub fn meta_dimension() -> &'static str {
-    "engram:{meta}:dimension"
-}
+    /// The shard's change stream.
+    pub fn changes(&self, shard: u16) -> String {
+        format!("{}:changes", self.tag(shard))
+    }
 
-/// A counter: session revisions, unique across the cluster and never reused.
-pub fn meta_revision() -> &'static str {
-    "engram:{meta}:revision"
-}
+    pub fn meta_layout(&self) -> String {
+        format!("{}:{{meta}}:layout", self.prefix)
+    }
 
-/// Set of the hex scopes whose erase has begun and not ended.
-pub fn meta_erasing() -> &'static str {
-    "engram:{meta}:erasing"
-}
+    pub fn meta_dimension(&self) -> String {
+        format!("{}:{{meta}}:dimension", self.prefix)
+    }
 
-/// Set of every job id ("<shard>:<id>"), for resuming jobs at start.
-pub fn meta_jobs() -> &'static str {
-    "engram:{meta}:jobs"
+    /// A counter: session revisions, unique across the cluster and never reused.
+    pub fn meta_revision(&self) -> String {
+        format!("{}:{{meta}}:revision", self.prefix)
+    }
+
+    /// Set of the hex scopes whose erase has begun and not ended.
+    pub fn meta_erasing(&self) -> String {
+        format!("{}:{{meta}}:erasing", self.prefix)
+    }
+
+    /// Set of every job id ("<shard>:<id>"), for resuming jobs at start.
+    pub fn meta_jobs(&self) -> String {
+        format!("{}:{{meta}}:jobs", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -201,22 +218,23 @@ mod tests {
     fn every_key_of_a_scope_shares_its_tag() {
         let scope = ScopeKey::new("acme {evil}", "al}ice{");
         let shard = scope.shard();
+        let k = Keys::new("engram").unwrap();
         let id = Ulid::new();
         let keys = [
-            entry(shard, id),
-            listing(&scope),
-            dedupe(shard, b"k"),
-            document(shard, id),
-            document_chunks(shard, id),
-            scope_documents(&scope),
-            job(shard, id),
-            scope_jobs(&scope),
-            session(&scope, "s{1}"),
-            session_entries(&scope, "s{1}"),
-            scope_sessions(&scope),
-            transcripts(&scope),
-            epoch(&scope),
-            changes(shard),
+            k.entry(shard, id),
+            k.listing(&scope),
+            k.dedupe(shard, b"k"),
+            k.document(shard, id),
+            k.document_chunks(shard, id),
+            k.scope_documents(&scope),
+            k.job(shard, id),
+            k.scope_jobs(&scope),
+            k.session(&scope, "s{1}"),
+            k.session_entries(&scope, "s{1}"),
+            k.scope_sessions(&scope),
+            k.transcripts(&scope),
+            k.epoch(&scope),
+            k.changes(shard),
         ];
         for key in &keys {
             assert_eq!(hash_tag(key), format!("s{shard:02}"), "{key}");

@@ -38,6 +38,7 @@ use conn::{Conn, ConnRuntime};
 /// See the module documentation.
 pub struct RedisStore {
     conn: Conn,
+    keys: layout::Keys,
     config: StoreConfig,
     /// Names this node in the change streams, so it skips its own writes there.
     node_id: String,
@@ -54,12 +55,12 @@ impl RedisStore {
     /// starts following the change streams.
     pub fn open(config: &StoreConfig) -> Result<Arc<RedisStore>> {
         config.index.validate().map_err(StoreError::Invalid)?;
+        let keys = layout::Keys::new(&config.redis_namespace).map_err(StoreError::Invalid)?;
         let (conn, runtime) = Conn::open(&config.redis_urls)?;
-        let layout: Option<u32> = conn.query(redis::cmd("GET").arg(layout::meta_layout()).clone())?;
+        let layout: Option<u32> = conn.query(redis::cmd("GET").arg(keys.meta_layout()).clone())?;
         match layout {
-            None => conn.query::<()>(
-                redis::cmd("SET").arg(layout::meta_layout()).arg(layout::LAYOUT_VERSION).arg("NX").clone(),
-            )?,
+            None => conn
+                .query::<()>(redis::cmd("SET").arg(keys.meta_layout()).arg(layout::LAYOUT_VERSION).arg("NX").clone())?,
             Some(v) if v > layout::LAYOUT_VERSION => {
                 return Err(StoreError::TooNew {
                     path: config.redis_urls.join(","),
@@ -69,10 +70,11 @@ impl RedisStore {
             }
             Some(_) => {}
         }
-        let dimension: Option<u32> = conn.query(redis::cmd("GET").arg(layout::meta_dimension()).clone())?;
+        let dimension: Option<u32> = conn.query(redis::cmd("GET").arg(keys.meta_dimension()).clone())?;
         let store = Arc::new(RedisStore {
             cache: Cache::new(config.index.clone(), config.cache_max_entries),
             conn,
+            keys,
             config: config.clone(),
             node_id: Ulid::new().to_string(),
             ids: Mutex::new(ulid::Generator::new()),

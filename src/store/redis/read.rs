@@ -19,7 +19,7 @@ impl RedisStore {
         if let Some(shard) = self.cache.shard_of(id) {
             return Ok(Some(shard));
         }
-        let shard: Option<u16> = self.conn.query(get(&layout::directory(id)))?;
+        let shard: Option<u16> = self.conn.query(get(&self.keys.directory(id)))?;
         Ok(shard.filter(|s| *s < layout::SHARDS))
     }
 
@@ -31,7 +31,7 @@ impl RedisStore {
     /// An entry and the bytes it is stored as (the guard of a later change to it).
     pub(super) fn read_entry_raw(&self, id: Ulid) -> Result<Option<(MemoryEntry, Vec<u8>)>> {
         let Some(shard) = self.shard_of_id(id)? else { return Ok(None) };
-        let key = layout::entry(shard, id);
+        let key = self.keys.entry(shard, id);
         let Some(bytes) = self.get_bytes(&key)? else { return Ok(None) };
         let mut entry: MemoryEntry = decode(&key, &bytes)?;
         entry.point_id = self.cache.point_of(id).unwrap_or(0);
@@ -46,7 +46,7 @@ impl RedisStore {
     pub(super) fn read_entries_in(&self, shard: u16, ids: &[Ulid]) -> Result<Vec<MemoryEntry>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(512) {
-            let keys: Vec<String> = chunk.iter().map(|id| layout::entry(shard, *id)).collect();
+            let keys: Vec<String> = chunk.iter().map(|id| self.keys.entry(shard, *id)).collect();
             // One slot: a single MGET.
             let values: Vec<Option<Vec<u8>>> = self.conn.query(redis::cmd("MGET").arg(&keys).clone())?;
             for (key, value) in keys.iter().zip(values) {
@@ -84,7 +84,7 @@ impl RedisStore {
         };
         let range = |min: &[u8], count: usize| {
             redis::cmd("ZRANGE")
-                .arg(layout::listing(&scope))
+                .arg(self.keys.listing(&scope))
                 .arg(min)
                 .arg(&max)
                 .arg("BYLEX")
@@ -125,12 +125,12 @@ impl RedisStore {
 
     /// A session, the scope of the user owning it, and its stored bytes.
     pub(super) fn read_session(&self, tenant: &str, id: &str) -> Result<Option<(ScopeKey, Session, Vec<u8>)>> {
-        let owner: Option<String> = self.conn.query(get(&layout::session_directory(tenant, id)))?;
+        let owner: Option<String> = self.conn.query(get(&self.keys.session_directory(tenant, id)))?;
         let Some(scope) = owner.as_deref().and_then(ScopeKey::from_hex) else { return Ok(None) };
         if scope.tenant != tenant {
             return Ok(None);
         }
-        let key = layout::session(&scope, id);
+        let key = self.keys.session(&scope, id);
         let Some(bytes) = self.get_bytes(&key)? else { return Ok(None) };
         Ok(Some((scope, decode(&key, &bytes)?, bytes)))
     }
@@ -138,7 +138,7 @@ impl RedisStore {
     pub(super) fn session_by_transcript(&self, tenant: &str, user_id: &str, digest: &[u8]) -> Result<Option<Session>> {
         let scope = ScopeKey::new(tenant, user_id);
         let id: Option<String> =
-            self.conn.query(redis::cmd("HGET").arg(layout::transcripts(&scope)).arg(layout::hex(digest)).clone())?;
+            self.conn.query(redis::cmd("HGET").arg(self.keys.transcripts(&scope)).arg(layout::hex(digest)).clone())?;
         let Some(id) = id else { return Ok(None) };
         Ok(self
             .read_session(tenant, &id)?
@@ -148,7 +148,7 @@ impl RedisStore {
 
     /// The stored epoch bytes of a scope (absent: 0).
     pub(super) fn read_epoch_raw(&self, scope: &ScopeKey) -> Result<Option<Vec<u8>>> {
-        self.get_bytes(&layout::epoch(scope))
+        self.get_bytes(&self.keys.epoch(scope))
     }
 
     pub(super) fn read_epoch(&self, scope: &ScopeKey) -> Result<u64> {
@@ -157,7 +157,7 @@ impl RedisStore {
 
     pub(super) fn read_document_raw(&self, id: Ulid) -> Result<Option<(u16, Document, Vec<u8>)>> {
         let Some(shard) = self.shard_of_id(id)? else { return Ok(None) };
-        let key = layout::document(shard, id);
+        let key = self.keys.document(shard, id);
         let Some(bytes) = self.get_bytes(&key)? else { return Ok(None) };
         Ok(Some((shard, decode(&key, &bytes)?, bytes)))
     }
@@ -169,10 +169,10 @@ impl RedisStore {
     /// Every document of a tenant, oldest first.
     pub(super) fn documents_of(&self, tenant: &str) -> Result<Vec<Document>> {
         let members: Vec<String> =
-            self.conn.query(redis::cmd("SMEMBERS").arg(layout::tenant_documents(tenant)).clone())?;
+            self.conn.query(redis::cmd("SMEMBERS").arg(self.keys.tenant_documents(tenant)).clone())?;
         let mut ids: Vec<(u16, Ulid)> = members.iter().filter_map(|m| parse_member(m)).collect();
         ids.sort_by_key(|(_, id)| *id);
-        let keys: Vec<String> = ids.iter().map(|(shard, id)| layout::document(*shard, *id)).collect();
+        let keys: Vec<String> = ids.iter().map(|(shard, id)| self.keys.document(*shard, *id)).collect();
         let values: Vec<Option<Vec<u8>>> = self.conn.query_all(keys.iter().map(|k| get(k)).collect())?;
         let mut out = Vec::new();
         for (key, value) in keys.iter().zip(values) {
@@ -188,7 +188,7 @@ impl RedisStore {
 
     pub(super) fn read_job_raw(&self, id: Ulid) -> Result<Option<(u16, IngestJob, Vec<u8>)>> {
         let Some(shard) = self.shard_of_id(id)? else { return Ok(None) };
-        let key = layout::job(shard, id);
+        let key = self.keys.job(shard, id);
         let Some(bytes) = self.get_bytes(&key)? else { return Ok(None) };
         Ok(Some((shard, decode(&key, &bytes)?, bytes)))
     }
@@ -199,10 +199,10 @@ impl RedisStore {
 
     /// Every job on record, oldest first.
     pub(super) fn all_jobs(&self) -> Result<Vec<IngestJob>> {
-        let members: Vec<String> = self.conn.query(redis::cmd("SMEMBERS").arg(layout::meta_jobs()).clone())?;
+        let members: Vec<String> = self.conn.query(redis::cmd("SMEMBERS").arg(self.keys.meta_jobs()).clone())?;
         let mut ids: Vec<(u16, Ulid)> = members.iter().filter_map(|m| parse_member(m)).collect();
         ids.sort_by_key(|(_, id)| *id);
-        let keys: Vec<String> = ids.iter().map(|(shard, id)| layout::job(*shard, *id)).collect();
+        let keys: Vec<String> = ids.iter().map(|(shard, id)| self.keys.job(*shard, *id)).collect();
         let values: Vec<Option<Vec<u8>>> = self.conn.query_all(keys.iter().map(|k| get(k)).collect())?;
         keys.iter().zip(values).filter_map(|(k, v)| v.map(|b| decode(k, &b))).collect()
     }
@@ -214,7 +214,7 @@ impl RedisStore {
             .into_iter()
             .filter_map(|(point, sim)| self.cache.locate(point).map(|(id, shard)| (point, sim, id, shard)))
             .collect();
-        let keys: Vec<String> = located.iter().map(|(_, _, id, shard)| layout::entry(*shard, *id)).collect();
+        let keys: Vec<String> = located.iter().map(|(_, _, id, shard)| self.keys.entry(*shard, *id)).collect();
         let values: Vec<Option<Vec<u8>>> = self.conn.query_all(keys.iter().map(|k| get(k)).collect())?;
         let mut out = Vec::with_capacity(values.len());
         for ((point, similarity, _, _), (key, value)) in located.into_iter().zip(keys.iter().zip(values)) {
