@@ -23,12 +23,21 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: run test setup build models bench bench-corpus bench-compare
+.PHONY: run test setup build models bench bench-corpus bench-compare cluster cluster-stop
 
 # `build` first: `cargo run` would build only `engram`, not the `engram-extract` it runs
 # for every PDF and HTML upload.
 run: build
 	$(CARGO) run --release -- serve $(ARGS)
+
+# Two engram nodes (127.0.0.1:8081 and :8082) sharing a Redis Cluster (ports 7000-7005),
+# all under data/cluster: see docker/engram-cluster.sh. The binary finds libtorch through
+# its rpath (build.rs); ENGRAM_VENV is passed for a venv that has moved since.
+cluster: build
+	ENGRAM_VENV=$(VENV) bash docker/engram-cluster.sh start
+
+cluster-stop:
+	bash docker/engram-cluster.sh stop
 
 TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGES)))
 

@@ -103,6 +103,19 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Starts again every node of the cluster that is not running (as an operator, or a
+    /// supervisor, would after a crash): it rejoins as a replica.
+    pub fn restart_missing(&self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(self.dir.path())
+            .arg(self.base_port.to_string())
+            .output()
+            .expect("running docker/redis-cluster.sh");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// The ports of the nodes that are masters now.
     pub fn masters(&self) -> Vec<u16> {
         (self.base_port..self.base_port + 6)
