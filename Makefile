@@ -44,8 +44,14 @@ TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGE
 # Passive OpenMP waits: tests run model code in parallel threads and processes on few
 # cores, where spinning waits starve the working threads (see src/main.rs). The tests
 # build with the `failpoints` feature (fault injection); `make run` does not.
+# The API suite then runs a second time on the redis-cluster backend (a real cluster the
+# tests start; see tests/common/cluster.rs).
+API_TESTS := memories_api chat_api chat_restart documents_api attacks openai_client cli_remote hostile_documents eval_retrieval
+
 test: setup $(TEST_STAMP)
 	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release --features failpoints
+	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python ENGRAM_TEST_BACKEND=redis-cluster \
+		$(CARGO) test --release --features failpoints $(addprefix --test ,$(API_TESTS))
 
 $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q $(TEST_PACKAGES)
