@@ -355,7 +355,7 @@ impl Tx<'_> {
 /// What a write does when its text is already stored, in the same scope and kind,
 /// under another id.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum OnDuplicate {
+pub(super) enum OnDuplicate {
     /// Store nothing and answer with the existing id.
     ReturnExisting,
     /// Fail: an edit must not silently turn into a no-op.
@@ -471,17 +471,7 @@ impl Store {
 
     /// Fresh records for new entries, with ids in call order.
     fn new_records(&self, entries: Vec<NewEntry>) -> Result<Vec<MemoryEntry>> {
-        let now = now_ms();
-        entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                e.into_record(self.new_id(), now).map_err(|err| match err {
-                    StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
-                    other => other,
-                })
-            })
-            .collect()
+        new_records(entries, || self.new_id())
     }
 
     /// Validates and deduplicates `records`, adds them to `change`, and applies it
@@ -493,19 +483,7 @@ impl Store {
         on_duplicate: OnDuplicate,
         change: &mut ChangeSet,
     ) -> Result<(Vec<PutOutcome>, Option<u64>)> {
-        let width = records.first().map(|r| r.embedding.len());
-        for (i, r) in records.iter_mut().enumerate() {
-            let checked = match width {
-                Some(w) if r.embedding.len() != w => {
-                    Err(invalid(format!("embedding has {} dimensions, entry 0 has {w}", r.embedding.len())))
-                }
-                _ => self.validate_record(r),
-            };
-            checked.map_err(|e| match e {
-                StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
-                other => other,
-            })?;
-        }
+        let width = validate_records(&mut records, *self.dimension.lock())?;
         // sled ids are monotonic across restarts and never repeat: a session deleted and
         // created again cannot come back at a revision an old writer read.
         let revision = match &change.session {
@@ -546,22 +524,12 @@ impl Store {
                 change.put.push((record, old));
             }
             if let Some(doc) = change.document.as_mut().filter(|_| !outcomes.is_empty()) {
-                let mut listed: Vec<Ulid> = Vec::with_capacity(outcomes.len());
-                for o in &outcomes {
-                    if !listed.contains(&o.id) {
-                        listed.push(o.id);
-                    }
-                }
-                doc.chunk_ids = listed.iter().map(|id| id.to_bytes().to_vec().into()).collect();
+                doc.chunk_ids = chunk_ids(&outcomes);
             }
             self.apply(change, revision)?;
         }
         self.flush()?;
         Ok((outcomes, revision))
-    }
-
-    fn validate_record(&self, r: &mut MemoryEntry) -> Result<()> {
-        validate_record(r, *self.dimension.lock())
     }
 
     /// The first entry ever written fixes the embedding width; later ones must match.
@@ -689,6 +657,52 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Fresh records for new entries, with ids from `next_id` in call order.
+pub(super) fn new_records(entries: Vec<NewEntry>, mut next_id: impl FnMut() -> Ulid) -> Result<Vec<MemoryEntry>> {
+    let now = now_ms();
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.into_record(next_id(), now).map_err(|err| at_entry(i, err)))
+        .collect()
+}
+
+/// Validates a batch (see [`validate_record`]); all must share the first one's
+/// embedding width, which is returned.
+pub(super) fn validate_records(records: &mut [MemoryEntry], dimension: Option<usize>) -> Result<Option<usize>> {
+    let width = records.first().map(|r| r.embedding.len());
+    for (i, r) in records.iter_mut().enumerate() {
+        let checked = match width {
+            Some(w) if r.embedding.len() != w => {
+                Err(invalid(format!("embedding has {} dimensions, entry 0 has {w}", r.embedding.len())))
+            }
+            _ => validate_record(r, dimension),
+        };
+        checked.map_err(|e| at_entry(i, e))?;
+    }
+    Ok(width)
+}
+
+/// Names the entry of a batch an input error is about.
+fn at_entry(i: usize, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
+        other => other,
+    }
+}
+
+/// The ids a document lists as its chunks: those its entries resolved to, in order,
+/// each once (a chunk whose text was stored already is shared, not copied).
+pub(super) fn chunk_ids(outcomes: &[PutOutcome]) -> Vec<prost::bytes::Bytes> {
+    let mut listed: Vec<Ulid> = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        if !listed.contains(&o.id) {
+            listed.push(o.id);
+        }
+    }
+    listed.iter().map(|id| id.to_bytes().to_vec().into()).collect()
 }
 
 /// Checks a record before it is stored, scales its embedding to unit length and sets

@@ -22,7 +22,7 @@ use crate::store::keys;
 use crate::store::records::{
     memory_entry::Source, now_ms, ulid_from_bytes, Document, IngestJob, JobState, MemoryEntry,
 };
-use crate::store::write::{validate_record, validate_scope, validate_session};
+use crate::store::write::{chunk_ids, new_records, validate_records, validate_scope, validate_session, OnDuplicate};
 use crate::store::{Precondition, PutOutcome, SearchFilter, SessionWrite, WriteBatch, WriteOutcome};
 
 /// Plans retried before a write gives up on a key that keeps changing under it.
@@ -190,13 +190,6 @@ fn scope_key(scope: Option<&crate::store::records::Scope>) -> ScopeKey {
     ScopeKey { tenant: s.tenant, user: s.user_id }
 }
 
-/// What a write does with a text already stored under another id (see the sled store).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum OnDuplicate {
-    ReturnExisting,
-    Reject,
-}
-
 /// The parts of a write besides its entries.
 #[derive(Default, Clone)]
 struct Extras {
@@ -242,18 +235,7 @@ impl RedisStore {
     }
 
     pub(super) fn write_batch(&self, batch: WriteBatch) -> Result<WriteOutcome> {
-        let now = now_ms();
-        let records = batch
-            .entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                e.into_record(self.new_ulid(), now).map_err(|err| match err {
-                    StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
-                    other => other,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let records = new_records(batch.entries, || self.new_ulid())?;
         if let Some(s) = &batch.session {
             validate_session(&s.session)?;
         }
@@ -308,18 +290,7 @@ impl RedisStore {
             self.fix_dimension(w)?;
         }
         let dimension = *self.dimension.lock();
-        for (i, r) in records.iter_mut().enumerate() {
-            let checked = match width {
-                Some(w) if r.embedding.len() != w => {
-                    Err(invalid(format!("embedding has {} dimensions, entry 0 has {w}", r.embedding.len())))
-                }
-                _ => validate_record(r, dimension),
-            };
-            checked.map_err(|e| match e {
-                StoreError::Invalid(m) => invalid(format!("entry {i}: {m}")),
-                other => other,
-            })?;
-        }
+        validate_records(&mut records, dimension)?;
         // Where the write goes: every part of one write must be in one slot.
         let mut shards: Vec<u16> = records.iter().map(|r| scope_of(r).shard()).collect();
         let plain = extras.preconditions.is_empty()
@@ -430,13 +401,7 @@ impl RedisStore {
             if let Some(doc) = &extras.document {
                 let mut doc = doc.clone();
                 if !outcomes.is_empty() {
-                    let mut listed: Vec<Ulid> = Vec::with_capacity(outcomes.len());
-                    for o in &outcomes {
-                        if !listed.contains(&o.id) {
-                            listed.push(o.id);
-                        }
-                    }
-                    doc.chunk_ids = listed.iter().map(|id| id.to_bytes().to_vec().into()).collect();
+                    doc.chunk_ids = chunk_ids(&outcomes);
                 }
                 plan_document(tx, &doc)?;
             }
@@ -572,21 +537,6 @@ impl RedisStore {
         Ok(gone)
     }
 
-    /// Entries of one shard with their stored bytes; absent ones are skipped.
-    fn read_raw_in(&self, shard: u16, ids: &[Ulid]) -> Result<Vec<(Ulid, MemoryEntry, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(512) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.keys.entry(shard, *id)).collect();
-            let values: Vec<Option<Vec<u8>>> = self.conn.query(redis::cmd("MGET").arg(&keys).clone())?;
-            for ((id, key), value) in chunk.iter().zip(&keys).zip(values) {
-                if let Some(bytes) = value {
-                    out.push((*id, decode(key, &bytes)?, bytes));
-                }
-            }
-        }
-        Ok(out)
-    }
-
     fn members(&self, key: &str) -> Result<Vec<Vec<u8>>> {
         self.conn.query(redis::cmd("SMEMBERS").arg(key).clone())
     }
@@ -631,7 +581,7 @@ impl RedisStore {
     /// Deletes a document and its chunks (not those another document of the tenant
     /// lists), or cancels its ingestion when it has no record yet (see the sled store).
     pub(super) fn remove_document(&self, tenant: &str, id: Ulid) -> Result<bool> {
-        let jobs: Vec<(u16, Ulid)> = self
+        let jobs: Vec<(u16, Ulid, ScopeKey)> = self
             .all_jobs()?
             .into_iter()
             .filter(|j| {
@@ -639,12 +589,15 @@ impl RedisStore {
                     && j.state() == JobState::JobPending
                     && j.scope.as_ref().is_some_and(|s| s.tenant == tenant)
             })
-            .filter_map(|j| Some((scope_key(j.scope.as_ref()).shard(), ulid_from_bytes(&j.id)?)))
+            .filter_map(|j| {
+                let scope = scope_key(j.scope.as_ref());
+                Some((scope.shard(), ulid_from_bytes(&j.id)?, scope))
+            })
             .collect();
         let doc = self.read_document_raw(id)?.filter(|(_, d, _)| d.scope.as_ref().is_some_and(|s| s.tenant == tenant));
         let shard = match (&doc, jobs.first()) {
             (Some((shard, _, _)), _) => *shard,
-            (None, Some((shard, _))) => *shard,
+            (None, Some((shard, _, _))) => *shard,
             (None, None) => return Ok(false),
         };
         let mut shared = std::collections::BTreeSet::new();
@@ -675,15 +628,15 @@ impl RedisStore {
                 );
                 tx.after.push(redis::cmd("DEL").arg(self.keys.directory(id)).clone());
             }
-            for (job_shard, job) in &jobs {
+            for (job_shard, job, scope) in &jobs {
                 if *job_shard == shard {
-                    plan_job_removal(tx, *job, scope_of_job(self, *job)?.as_ref());
+                    plan_job_removal(tx, *job, scope);
                 }
             }
             Ok(())
         })?;
         // A pending job of another shard (it cannot share the commit) is cancelled alone.
-        for (job_shard, job) in jobs {
+        for (job_shard, job, _) in jobs {
             if job_shard != shard {
                 self.remove_job(job)?;
             }
@@ -692,9 +645,10 @@ impl RedisStore {
     }
 
     pub(super) fn remove_job(&self, id: Ulid) -> Result<()> {
-        let Some((shard, _, _)) = self.read_job_raw(id)? else { return Ok(()) };
+        let Some((shard, job, _)) = self.read_job_raw(id)? else { return Ok(()) };
+        let scope = scope_key(job.scope.as_ref());
         self.run_tx(shard, |tx| {
-            plan_job_removal(tx, id, scope_of_job(self, id)?.as_ref());
+            plan_job_removal(tx, id, &scope);
             Ok(())
         })
     }
@@ -749,7 +703,7 @@ impl RedisStore {
                 tx.after.push(redis::cmd("DEL").arg(self.keys.directory(doc)).clone());
             }
             for job in jobs.iter().filter_map(|j| std::str::from_utf8(j).ok()?.parse::<Ulid>().ok()) {
-                plan_job_removal(tx, job, Some(&scope));
+                plan_job_removal(tx, job, &scope);
             }
             for key in
                 [self.keys.scope_sessions(&scope), self.keys.scope_documents(&scope), self.keys.transcripts(&scope)]
@@ -839,16 +793,10 @@ fn plan_job(tx: &mut Tx, job: &IngestJob) -> Result<()> {
     Ok(())
 }
 
-fn plan_job_removal(tx: &mut Tx, id: Ulid, scope: Option<&ScopeKey>) {
+fn plan_job_removal(tx: &mut Tx, id: Ulid, scope: &ScopeKey) {
     let shard = tx.shard;
     tx.op("del", tx.keys.job(shard, id), b"", b"");
-    if let Some(scope) = scope {
-        tx.op("srem", tx.keys.scope_jobs(scope), id.to_string().as_bytes(), b"");
-    }
+    tx.op("srem", tx.keys.scope_jobs(scope), id.to_string().as_bytes(), b"");
     tx.after.push(redis::cmd("SREM").arg(tx.keys.meta_jobs()).arg(format!("{shard}:{id}")).clone());
     tx.after.push(redis::cmd("DEL").arg(tx.keys.directory(id)).clone());
-}
-
-fn scope_of_job(store: &RedisStore, id: Ulid) -> Result<Option<ScopeKey>> {
-    Ok(store.read_job_raw(id)?.map(|(_, j, _)| scope_key(j.scope.as_ref())))
 }

@@ -44,14 +44,19 @@ impl RedisStore {
 
     /// Entries of one shard by id, in order; absent ones are skipped.
     pub(super) fn read_entries_in(&self, shard: u16, ids: &[Ulid]) -> Result<Vec<MemoryEntry>> {
-        let mut out = Vec::with_capacity(ids.len());
+        Ok(self.read_raw_in(shard, ids)?.into_iter().map(|(_, e, _)| e).collect())
+    }
+
+    /// Entries of one shard with their stored bytes; absent ones are skipped.
+    pub(super) fn read_raw_in(&self, shard: u16, ids: &[Ulid]) -> Result<Vec<(Ulid, MemoryEntry, Vec<u8>)>> {
+        let mut out = Vec::new();
         for chunk in ids.chunks(512) {
             let keys: Vec<String> = chunk.iter().map(|id| self.keys.entry(shard, *id)).collect();
             // One slot: a single MGET.
             let values: Vec<Option<Vec<u8>>> = self.conn.query(redis::cmd("MGET").arg(&keys).clone())?;
-            for (key, value) in keys.iter().zip(values) {
+            for ((id, key), value) in chunk.iter().zip(&keys).zip(values) {
                 if let Some(bytes) = value {
-                    out.push(decode(key, &bytes)?);
+                    out.push((*id, decode(key, &bytes)?, bytes));
                 }
             }
         }
