@@ -1,13 +1,13 @@
 //! Build script: links libtorch so the binary finds it at run time, compiles the
-//! protobuf records in `proto/` (pure Rust, no `protoc` needed) and registers the
-//! numbered store migrations in `migrations/`.
+//! protobuf records in `proto/` (pure Rust, no `protoc` needed). Nothing it writes may
+//! name the checkout's path: cargo reuses build-script output across checkouts that
+//! share a target directory.
 
-use std::{env, fs, path::PathBuf};
+use std::env;
 
 fn main() {
     link_libtorch();
     compile_protos();
-    register_migrations();
 }
 
 /// tch's own rpath does not reach our binary; without `--no-as-needed -ltorch` the
@@ -31,39 +31,4 @@ fn compile_protos() {
     let files = ["proto/engram/store/v1/records.proto"];
     let descriptors = protox::compile(files, ["proto"]).expect("proto/ does not compile");
     prost_build::Config::new().bytes(["."]).compile_fds(descriptors).expect("prost code generation failed");
-}
-
-/// Writes `$OUT_DIR/migrations.rs`: one module per `migrations/NNNN_name.rs` file, in
-/// number order, and a `MIGRATIONS` table the store walks at open.
-fn register_migrations() {
-    println!("cargo:rerun-if-changed=migrations");
-    let mut files: Vec<(u32, String, PathBuf)> = fs::read_dir("migrations")
-        .expect("migrations/ is missing")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let path = e.path();
-            let name = path.file_stem()?.to_str()?.to_owned();
-            if path.extension()? != "rs" {
-                return None;
-            }
-            let (num, _) = name.split_once('_')?;
-            Some((num.parse().ok()?, name, fs::canonicalize(&path).ok()?))
-        })
-        .collect();
-    files.sort();
-    for (i, (num, name, _)) in files.iter().enumerate() {
-        assert_eq!(*num as usize, i + 1, "migration {name}: numbers must run 1, 2, 3… without gaps");
-    }
-    let mut out = String::new();
-    for (num, _, path) in &files {
-        out += &format!("#[path = {:?}]\nmod m{num:04};\n", path.display().to_string());
-    }
-    out += "/// Every migration, in the order they are applied.\npub static MIGRATIONS: &[Migration] = &[\n";
-    for (num, name, _) in &files {
-        out += &format!("    Migration {{ version: {num}, name: {name:?}, apply: m{num:04}::apply }},\n");
-    }
-    out += "];\n";
-    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
-    fs::write(out_dir.join("migrations.rs"), out).unwrap();
-    fs::write(out_dir.join("migration_count.rs"), files.len().to_string()).unwrap();
 }

@@ -227,7 +227,8 @@ fn killing_a_redis_master_mid_write_loses_nothing_acknowledged() {
         // The promoted master has no replica until the dead node is back, and every
         // write to its shards waits for one (redis_wait_replicas = 1): restart it.
         cluster.restart_missing();
-        std::thread::sleep(Duration::from_secs(3));
+        cluster.wait_for_replicas(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
         (writers.join().unwrap(), recovered)
     });

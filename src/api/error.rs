@@ -103,7 +103,13 @@ impl IntoResponse for ApiError {
             "param": self.param,
             "message": self.message,
         }});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        // Overload and a store that cannot take writes for now (a shard without its
+        // replica, a failover under way) are both worth trying again: say when.
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -116,6 +116,27 @@ impl Cluster {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Waits until every master has a replica whose link is up (after a failover the
+    /// restarted node first rejoins, then is told whom to follow, then syncs), so that a
+    /// write waiting for one replica can be acknowledged again.
+    pub fn wait_for_replicas(&self, within: std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let masters = self.masters();
+            let served = masters.len() == 3
+                && masters.iter().all(|m| {
+                    self.cli(*m, &["info", "replication"])
+                        .lines()
+                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                });
+            if served {
+                return;
+            }
+            assert!(started.elapsed() < within, "masters still without an online replica after {within:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// The ports of the nodes that are masters now.
     pub fn masters(&self) -> Vec<u16> {
         (self.base_port..self.base_port + 6)
