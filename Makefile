@@ -23,7 +23,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: run test setup build models bench bench-corpus bench-compare cluster cluster-stop
+.PHONY: run test setup build models bench bench-corpus bench-compare bench-cluster cluster cluster-stop
 
 # `build` first: `cargo run` would build only `engram`, not the `engram-extract` it runs
 # for every PDF and HTML upload.
@@ -94,3 +94,9 @@ bench-corpus: bench/data/kjv.txt
 bench-compare: build bench-corpus
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q sentence-transformers transformers gguf accelerate
 	$(VENV)/bin/python bench/compare.py --engram $${CARGO_TARGET_DIR:-target}/release/engram
+
+# The store backends side by side under the same load: one node on sled, one and two
+# nodes on a Redis Cluster, the write-to-visible delay and the memory per 100,000
+# memories (see bench/cluster.sh for its knobs).
+bench-cluster: build
+	ENGRAM_BIN=$${CARGO_TARGET_DIR:-target}/release/engram PYTHON=$(VENV)/bin/python bash bench/cluster.sh

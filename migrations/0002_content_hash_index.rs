@@ -23,9 +23,7 @@ pub fn apply(db: &sled::Db) -> Result<(), String> {
         let scope = entry.scope.clone().unwrap_or_default();
         let hkey = hash_key(&scope, entry.kind, &entry.content_hash);
         // Keys iterate in id (= time) order, so the first writer wins: the oldest entry.
-        let _ = by_hash
-            .compare_and_swap(hkey, None as Option<&[u8]>, Some(key.as_ref()))
-            .map_err(|e| e.to_string())?;
+        let _ = by_hash.compare_and_swap(hkey, None as Option<&[u8]>, Some(key.as_ref())).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

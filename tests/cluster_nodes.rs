@@ -138,6 +138,23 @@ fn two_nodes_share_memories_recall_and_erasure() {
             "message": "Where does my sister Ingrid live?" })),
     );
     assert!(!texts(&asked, "memories").iter().any(|t| t.contains("Tromsø") || t.contains("Ribble")), "{asked}");
+
+    // `engram bench load` spreads its clients over both nodes and measures how long a
+    // write on A takes to be found on B.
+    let out = Command::new(common::engram_bin())
+        .args(["bench", "load", "--url", &format!("{},{}", a.base, b.base), "--key", KEY])
+        .args(["--clients", "2", "--seconds", "2", "--mix", "search=1,add=1", "--visibility-probes", "5", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["urls"], json!([a.base, b.base]));
+    assert!(report["operations"]["add"]["ok"].as_u64().unwrap() > 0, "{report}");
+    let seen = &report["visibility"];
+    assert_eq!((seen["probes"].as_u64(), seen["not_seen"].as_u64()), (Some(5), Some(0)), "{seen}");
+    let delay = &seen["delay_ms"];
+    assert!(delay["p50"].as_f64().unwrap() > 0.0 && delay["max"].as_f64().unwrap() < 10_000.0, "{seen}");
 }
 
 /// Writers add memories with unique texts through `bases` (round-robin) until `stop`;

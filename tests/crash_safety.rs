@@ -94,11 +94,27 @@ fn acknowledged_writes_survive_sigkill() {
         );
 
         let store = common::open(dir.path());
+        let mut found_by_graph = 0;
         for (id, v) in &acknowledged {
-            assert!(store.get_entry(*id).unwrap().is_some(), "round {round}: acknowledged {id} is lost");
-            let hit = &store.search(v, 1, &SearchFilter::all()).unwrap()[0];
-            assert_eq!(hit.entry.ulid(), Some(*id), "round {round}: {id} is not found by its own vector");
+            let entry = store.get_entry(*id).unwrap();
+            let entry = entry.unwrap_or_else(|| panic!("round {round}: acknowledged {id} is lost"));
+            // The index holds the entry's own vector under its point: an exact scan of
+            // the index finds it first.
+            let exact = store.index().search_tuned(v, 1, &SearchFilter::all(), 1, usize::MAX);
+            assert_eq!(exact.first().map(|h| h.point), Some(entry.point_id), "round {round}: {id} is not indexed");
+            found_by_graph +=
+                usize::from(store.search(v, 1, &SearchFilter::all()).unwrap()[0].entry.ulid() == Some(*id));
         }
-        eprintln!("round {round}: {} acknowledged entries all present", acknowledged.len());
+        // And the graph rebuilt or reloaded after the kill leads to them: it is approximate
+        // (random 24-dimensional vectors are its hard case), so nearly all, not all.
+        assert!(
+            found_by_graph * 1000 >= acknowledged.len() * 995,
+            "round {round}: the graph finds {found_by_graph} of {} entries by their own vector",
+            acknowledged.len()
+        );
+        eprintln!(
+            "round {round}: {} acknowledged entries all present and indexed, {found_by_graph} found first by the graph",
+            acknowledged.len()
+        );
     }
 }

@@ -182,3 +182,111 @@ fn an_erase_on_one_node_leaves_nothing_on_the_other() {
     assert!(a.list_entries(&t, "gone", None, 100, None).unwrap().items.is_empty());
     assert_eq!(a.user_epoch(&t, "gone").unwrap(), epoch + 2);
 }
+
+/// The way from the embedded default to a cluster: `engram store export` with the sled
+/// settings, `engram store import` with the cluster's. Every record arrives under its
+/// id, a node on the cluster finds the memories, the cluster's own export is the same
+/// set of lines, and `engram store stats` counts the whole cluster.
+#[test]
+fn export_from_sled_then_import_into_the_cluster() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let cluster = Cluster::start();
+    let namespace = format!("import-{}", ulid::Ulid::new());
+    let src = tempfile::tempdir().unwrap();
+    let t = tenant();
+    let v = common::unit_vectors(30, 16, 11);
+    let doc_id = ulid::Ulid::new();
+    let ids: Vec<ulid::Ulid> = {
+        let sled = common::open(src.path());
+        // Two users (two shards, most likely), tenant-wide knowledge, a session, a document.
+        let entries = (0..30)
+            .map(|i| {
+                let user = ["ann", "bob", ""][i % 3];
+                common::fact(&t, user, &format!("memory {i} of {user}"), &v[i])
+            })
+            .collect();
+        let ids = sled.put_entries(entries).unwrap().into_iter().map(|o| o.id).collect();
+        sled.put_session(&Session {
+            id: "s1".into(),
+            scope: Some(Scope::user(&t, "ann")),
+            turns: vec![engram::store::records::Turn {
+                role: "user".into(),
+                content: "hello".into(),
+                created_at_ms: 7,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut doc = engram::store::records::Document {
+            id: doc_id.to_bytes().to_vec().into(),
+            title: "handbook".into(),
+            scope: Some(Scope::user(&t, "")),
+            content_hash: vec![0xab; 32].into(),
+            created_at_ms: 9,
+            ..Default::default()
+        };
+        doc.set_status(engram::store::records::DocumentStatus::Ready);
+        sled.put_document(&doc).unwrap();
+        ids
+    };
+    let engram = |args: &[&str], cluster_env: bool| {
+        let mut cmd = Command::new(common::engram_bin());
+        cmd.arg("--data-dir").arg(src.path()).args(args).env("RUST_LOG", "warn");
+        if cluster_env {
+            cmd.envs(cluster.env()).env("ENGRAM_STORE__REDIS_NAMESPACE", &namespace);
+        }
+        cmd
+    };
+    let sorted = |b: &[u8]| {
+        let mut l: Vec<String> = String::from_utf8_lossy(b).lines().map(str::to_owned).collect();
+        l.sort();
+        l
+    };
+
+    let export = engram(&["store", "export"], false).output().unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert_eq!(sorted(&export.stdout).len(), 32);
+
+    let mut import = engram(&["store", "import"], true).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    import.stdin.take().unwrap().write_all(&export.stdout).unwrap();
+    let out = import.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 32, "one id per record");
+
+    let node =
+        open_backend(&engram::store::StoreConfig { redis_namespace: namespace.clone(), ..cluster.config(1) }).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let user = ["ann", "bob", ""][i % 3];
+        assert_eq!(node.get_entry(*id).unwrap().expect("imported under its id").text, format!("memory {i} of {user}"));
+    }
+    assert_eq!(search(&*node, &t, "bob", &v[4], 1), vec!["memory 4 of bob"]);
+    assert_eq!(node.get_session(&t, "s1").unwrap().expect("the session").turns[0].content, "hello");
+    assert_eq!(node.list_documents(&t).unwrap().len(), 1);
+
+    // The cluster's export holds exactly the lines sled's did.
+    let again = engram(&["store", "export"], true).output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let (a, b) = (sorted(&again.stdout), sorted(&export.stdout));
+    assert_eq!(a.len(), b.len());
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        panic!("the cluster's export differs:\n{x:.300}\n{y:.300}");
+    }
+    let stats = engram(&["store", "stats"], true).output().unwrap();
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        (stats["entries"].as_u64(), stats["sessions"].as_u64(), stats["documents"].as_u64()),
+        (Some(30), Some(1), Some(1))
+    );
+    // Commands that only make sense on sled say so instead of opening something else.
+    let verify = engram(&["store", "verify"], true).output().unwrap();
+    assert!(!verify.status.success());
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("sled backend only"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -1,6 +1,9 @@
-//! `engram store …`: stats, verify, rebuild-index, export and import.
-//! They open the store directly, so run them while the server is stopped (sled allows
-//! one process per database).
+//! `engram store …`: stats, verify, rebuild-index, export and import, against the
+//! backend the configuration names. On sled they open the database directly, so run
+//! them while the server is stopped (sled allows one process per database); on a Redis
+//! Cluster they run beside the nodes. Moving from the embedded default to a cluster is
+//! `engram store export` with the sled settings, then `engram store import` with the
+//! cluster's.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -10,16 +13,19 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 
 use crate::config::Settings;
-use crate::store::Store;
+use crate::store::export::import_lines;
+use crate::store::{open_backend, BackendKind, MemoryStore, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Print counts (entries by kind, documents, sessions, index) as JSON.
+    /// Print counts (entries by kind, documents, sessions, index) as JSON. On a
+    /// cluster, every record is counted (a walk of all shards).
     Stats,
-    /// Check that every record decodes and that indexes and store agree.
+    /// Check that every record decodes and that indexes and store agree (sled).
     /// Exits non-zero when anything is wrong, listing each problem.
     Verify,
-    /// Rebuild the vector index from the database and save it.
+    /// Rebuild the vector index from the database and save it (sled; a cluster's
+    /// nodes build theirs from Redis on use).
     RebuildIndex,
     /// Write every record as JSON lines.
     Export {
@@ -39,19 +45,30 @@ pub enum StoreCommand {
     },
 }
 
-fn open(settings: &Settings) -> anyhow::Result<Store> {
+fn open_sled(settings: &Settings) -> anyhow::Result<Store> {
+    let config = settings.store_config();
+    if config.backend != BackendKind::Sled {
+        bail!("this command works on the sled backend only; the configuration names {:?}", config.backend);
+    }
     let dir = &settings.store.data_dir;
-    Store::open(&settings.store_config()).with_context(|| format!("opening the store in {}", dir.display()))
+    Store::open(&config).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+fn open(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn MemoryStore>> {
+    let config = settings.store_config();
+    open_backend(&config).with_context(|| match config.backend {
+        BackendKind::Sled => format!("opening the store in {}", settings.store.data_dir.display()),
+        BackendKind::RedisCluster => format!("connecting to the cluster at {}", config.redis_urls.join(", ")),
+    })
 }
 
 pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
-    let store = open(settings)?;
     match cmd {
         StoreCommand::Stats => {
-            println!("{}", serde_json::to_string_pretty(&store.stats()?)?);
+            println!("{}", serde_json::to_string_pretty(&open(settings)?.census()?)?);
         }
         StoreCommand::Verify => {
-            let report = store.verify()?;
+            let report = open_sled(settings)?.verify()?;
             for p in &report.problems {
                 println!("problem: {p}");
             }
@@ -68,11 +85,13 @@ pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
             }
         }
         StoreCommand::RebuildIndex => {
+            let store = open_sled(settings)?;
             let started = std::time::Instant::now();
             store.rebuild_index()?;
             println!("rebuilt the index over {} entries in {:.1?}", store.index().len(), started.elapsed());
         }
         StoreCommand::Export { output } => {
+            let store = open(settings)?;
             let n = match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -92,7 +111,8 @@ pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
                 )),
                 None => Box::new(std::io::BufReader::new(std::io::stdin())),
             };
-            let n = import(&store, reader, batch.max(1))?;
+            let store = open(settings)?;
+            let n = import(&*store, reader, batch.max(1))?;
             store.save_index()?;
             eprintln!("imported {n} records");
         }
@@ -103,7 +123,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings) -> anyhow::Result<()> {
 /// Lines are read on their own thread, so whatever has arrived while the previous batch
 /// was being flushed is committed together: one flush per batch, not per line, and a
 /// slow writer on the other end of a pipe still gets each id as soon as it is durable.
-fn import(store: &Store, reader: Box<dyn BufRead + Send>, batch: usize) -> anyhow::Result<usize> {
+fn import(store: &dyn MemoryStore, reader: Box<dyn BufRead + Send>, batch: usize) -> anyhow::Result<usize> {
     let (tx, rx) = mpsc::sync_channel::<std::io::Result<(usize, String)>>(batch * 4);
     std::thread::spawn(move || {
         for (i, line) in reader.lines().enumerate() {
@@ -125,7 +145,7 @@ fn import(store: &Store, reader: Box<dyn BufRead + Send>, batch: usize) -> anyho
             }
         }
         lines.retain(|(_, l)| !l.trim().is_empty());
-        for id in store.import_lines(&lines)? {
+        for id in import_lines(store, &lines)? {
             writeln!(stdout, "{id}")?;
         }
         stdout.flush()?;

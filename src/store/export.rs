@@ -12,7 +12,7 @@ use super::error::{Result, StoreError};
 use super::records::{memory_entry::Source, DocumentSource, Kind, MemoryEntry, Scope, SessionSource};
 use super::records::{Document, DocumentStatus, Session, Turn};
 use super::write::NewEntry;
-use super::Store;
+use super::{MemoryStore, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -355,14 +355,20 @@ impl From<SessionJson> for Session {
     }
 }
 
+/// One record as one line of the export.
+pub fn write_record(out: &mut dyn Write, record: &ExportRecord) -> Result<()> {
+    serde_json::to_writer(&mut *out, record).map_err(|e| StoreError::Io(e.into()))?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
 impl Store {
     /// Writes every record as one JSON line. Returns how many were written; stops at the
     /// first record that does not decode, naming it.
     pub fn export(&self, out: &mut dyn Write) -> Result<usize> {
         let mut n = 0;
         let mut line = |rec: ExportRecord| -> Result<()> {
-            serde_json::to_writer(&mut *out, &rec).map_err(|e| StoreError::Io(e.into()))?;
-            out.write_all(b"\n")?;
+            write_record(out, &rec)?;
             n += 1;
             Ok(())
         };
@@ -392,48 +398,49 @@ impl Store {
         out.flush()?;
         Ok(n)
     }
+}
 
-    /// Imports a batch of JSON lines atomically per record type and durably. Returns, in
-    /// line order, the id each line resolved to (entries and documents by ULID, sessions
-    /// by their id). A line that does not parse fails the whole batch, naming the line.
-    pub fn import_lines(&self, lines: &[(usize, String)]) -> Result<Vec<String>> {
-        let mut parsed = Vec::with_capacity(lines.len());
-        for (line_no, text) in lines {
-            let rec: ExportRecord =
-                serde_json::from_str(text).map_err(|e| StoreError::Invalid(format!("line {line_no}: {e}")))?;
-            parsed.push((line_no, rec));
-        }
-        let mut ids = vec![String::new(); parsed.len()];
-        let mut keep = Vec::new();
-        let mut fresh = Vec::new();
-        for (slot, (line_no, rec)) in parsed.into_iter().enumerate() {
-            let at = |e: StoreError| match e {
-                StoreError::Invalid(m) => StoreError::Invalid(format!("line {line_no}: {m}")),
-                other => other,
-            };
-            match rec {
-                ExportRecord::Entry(e) => match e.id {
-                    Some(id) => keep.push((slot, e.into_record(id).map_err(at)?)),
-                    None => fresh.push((slot, e.into_new().map_err(at)?)),
-                },
-                ExportRecord::Document(d) => {
-                    ids[slot] = d.id.to_string();
-                    self.put_document(&d.into_record().map_err(at)?)?;
-                }
-                ExportRecord::Session(s) => {
-                    ids[slot] = s.id.clone();
-                    self.put_session(&s.into())?;
-                }
+/// Imports a batch of JSON lines into either backend, atomically per record type and
+/// durably. Returns, in line order, the id each line resolved to (entries and documents
+/// by ULID, sessions by their id). A line that does not parse fails the whole batch,
+/// naming the line.
+pub fn import_lines(store: &dyn MemoryStore, lines: &[(usize, String)]) -> Result<Vec<String>> {
+    let mut parsed = Vec::with_capacity(lines.len());
+    for (line_no, text) in lines {
+        let rec: ExportRecord =
+            serde_json::from_str(text).map_err(|e| StoreError::Invalid(format!("line {line_no}: {e}")))?;
+        parsed.push((line_no, rec));
+    }
+    let mut ids = vec![String::new(); parsed.len()];
+    let mut keep = Vec::new();
+    let mut fresh = Vec::new();
+    for (slot, (line_no, rec)) in parsed.into_iter().enumerate() {
+        let at = |e: StoreError| match e {
+            StoreError::Invalid(m) => StoreError::Invalid(format!("line {line_no}: {m}")),
+            other => other,
+        };
+        match rec {
+            ExportRecord::Entry(e) => match e.id {
+                Some(id) => keep.push((slot, e.into_record(id).map_err(at)?)),
+                None => fresh.push((slot, e.into_new().map_err(at)?)),
+            },
+            ExportRecord::Document(d) => {
+                ids[slot] = d.id.to_string();
+                store.put_document(&d.into_record().map_err(at)?)?;
+            }
+            ExportRecord::Session(s) => {
+                ids[slot] = s.id.clone();
+                store.put_session(&s.into())?;
             }
         }
-        let (slots, records): (Vec<_>, Vec<_>) = keep.into_iter().unzip();
-        for (slot, id) in slots.into_iter().zip(self.import_entries(records)?) {
-            ids[slot] = id.to_string();
-        }
-        let (slots, news): (Vec<_>, Vec<_>) = fresh.into_iter().unzip();
-        for (slot, out) in slots.into_iter().zip(self.put_entries(news)?) {
-            ids[slot] = out.id.to_string();
-        }
-        Ok(ids)
     }
+    let (slots, records): (Vec<_>, Vec<_>) = keep.into_iter().unzip();
+    for (slot, id) in slots.into_iter().zip(store.import_entries(records)?) {
+        ids[slot] = id.to_string();
+    }
+    let (slots, news): (Vec<_>, Vec<_>) = fresh.into_iter().unzip();
+    for (slot, out) in slots.into_iter().zip(store.put_entries(news)?) {
+        ids[slot] = out.id.to_string();
+    }
+    Ok(ids)
 }

@@ -90,7 +90,14 @@ pub trait MemoryStore: Send + Sync {
     fn save_index(&self) -> Result<bool>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
+    /// What this node holds (for the cluster: its caches). Cheap.
     fn stats(&self) -> Result<Stats>;
+    /// What the whole store holds, counted record by record (the cluster is walked).
+    fn census(&self) -> Result<Stats> {
+        self.stats()
+    }
+    /// Writes every record as one JSON line (see [`super::export`]); returns how many.
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<usize>;
 
     /// Stores new entries (deduplicated as for [`MemoryStore::write`]).
     fn put_entries(&self, entries: Vec<super::NewEntry>) -> Result<Vec<PutOutcome>> {
@@ -200,5 +207,8 @@ impl MemoryStore for Store {
     }
     fn stats(&self) -> Result<Stats> {
         Store::stats(self)
+    }
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<usize> {
+        Store::export(self, out)
     }
 }

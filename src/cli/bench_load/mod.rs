@@ -5,10 +5,15 @@
 //! Clients are OS threads with a blocking HTTP client each (its own connection), so a
 //! client waits for its answer before sending again: N clients are N requests in
 //! flight at most, as N users of an application would be.
+//!
+//! Given several nodes of one deployment (`--url a,b`), the clients are spread over
+//! them in turn, and `--visibility-probes` measures how long a memory written on the
+//! first takes to be found on the second.
 
 mod rss;
 mod seed;
 mod stats;
+mod visibility;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -27,9 +32,10 @@ use workload::{ClientState, Mix, Op, OpBag, Shape, Users};
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "ENGRAM_URL")]
-    pub url: String,
+    /// The server's base URL; several nodes of one deployment separated by commas
+    /// (clients are spread over them in turn; seeding goes through the first).
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080", env = "ENGRAM_URL", value_delimiter = ',')]
+    pub urls: Vec<String>,
     /// An API key, when the server requires one.
     #[arg(long, env = "ENGRAM_API_KEY")]
     pub key: Option<String>,
@@ -65,6 +71,10 @@ pub struct LoadArgs {
     /// Seed of the texts and of the order of operations.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// After the run, this many memories are written on the first node and searched for
+    /// on the second until found (needs two URLs): the write-to-visible-elsewhere delay.
+    #[arg(long, default_value_t = 0)]
+    pub visibility_probes: usize,
     /// Print the summary as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -73,7 +83,7 @@ pub struct LoadArgs {
 /// Everything a run measured; `--json` prints it as is.
 #[derive(Debug, Serialize)]
 struct Report {
-    url: String,
+    urls: Vec<String>,
     clients: usize,
     seconds: f64,
     /// From the first request to the last answer (in-flight requests finish after
@@ -86,6 +96,7 @@ struct Report {
     operations: BTreeMap<&'static str, OpSummary>,
     overall: OpSummary,
     server_rss: Option<RssReport>,
+    visibility: Option<visibility::VisibilityReport>,
 }
 
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
@@ -95,16 +106,24 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 1024 {
         bail!("--clients must be within 1..1024");
     }
-    let client = Client::new(&args.url, args.key.clone());
-    if let Err((status, message)) = client.send("GET", "/readyz", None)? {
-        bail!("the server at {} is not ready (HTTP {status}): {message}", args.url);
+    if args.urls.is_empty() || args.urls.len() > 64 {
+        bail!("--url names 1 to 64 servers");
+    }
+    if args.visibility_probes > 0 && args.urls.len() < 2 {
+        bail!("--visibility-probes needs two nodes of one deployment in --url (a,b)");
+    }
+    for url in &args.urls {
+        let client = Client::new(url, args.key.clone());
+        if let Err((status, message)) = client.send("GET", "/readyz", None)? {
+            bail!("the server at {url} is not ready (HTTP {status}): {message}");
+        }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let seeded = match args.seed_memories {
         0 => None,
         memories => {
             let plan = SeedPlan {
-                url: &args.url,
+                url: &args.urls[0],
                 key: args.key.as_deref(),
                 user_id: &args.user,
                 memories,
@@ -126,9 +145,17 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let samples = drive(&args);
     let elapsed = started.elapsed();
     let server_rss = sampler.and_then(RssSampler::finish);
+    let visibility = match args.visibility_probes {
+        0 => None,
+        probes => {
+            let writer = Client::new(&args.urls[0], args.key.clone());
+            let reader = Client::new(&args.urls[1], args.key.clone());
+            Some(visibility::measure(&writer, &reader, &args.user, probes)?)
+        }
+    };
     let (operations, overall) = stats::by_op(&samples, elapsed);
     let report = Report {
-        url: args.url.clone(),
+        urls: args.urls.clone(),
         clients: args.clients,
         seconds: args.seconds,
         elapsed_s: elapsed.as_secs_f64(),
@@ -139,6 +166,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         operations,
         overall,
         server_rss,
+        visibility,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -169,7 +197,7 @@ fn drive(args: &LoadArgs) -> Vec<Sample> {
 
 /// One client: sends, waits for the answer, notes how long it took, sends the next.
 fn client_loop(args: &LoadArgs, shape: &Shape, id: usize, deadline: Instant) -> Vec<Sample> {
-    let client = Client::new(&args.url, args.key.clone());
+    let client = Client::new(&args.urls[id % args.urls.len()], args.key.clone());
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_add(1 + id as u64));
     let mut bag = OpBag::new(&args.mix);
     let mut state = ClientState::new(id);
@@ -214,7 +242,12 @@ fn errors_cell(s: &OpSummary) -> String {
 fn print_table(r: &Report) {
     println!(
         "engram bench load: {} clients for {:.0} s against {} (mix {}, search {}), ran {:.1} s",
-        r.clients, r.seconds, r.url, r.mix, r.search_mode, r.elapsed_s
+        r.clients,
+        r.seconds,
+        r.urls.join(" + "),
+        r.mix,
+        r.search_mode,
+        r.elapsed_s
     );
     if let Some(s) = &r.seeded {
         println!("seeded {} memories for {} in {:.1} s ({:.0}/s)", s.memories, s.user_id, s.seconds, s.per_second);
@@ -248,6 +281,19 @@ fn print_table(r: &Report) {
             mib(m.end_kib),
             mib(m.peak_kib),
             mib(m.hwm_kib)
+        );
+    }
+    if let Some(v) = &r.visibility {
+        let ms = |f: fn(&stats::Latency) -> f64| v.delay_ms.as_ref().map_or("-".into(), |l| format!("{:.1}", f(l)));
+        println!(
+            "written on {}, found on {}: {} probes, delay p50 {} ms, p95 {} ms, max {} ms, not seen within 10 s: {}",
+            v.written_on,
+            v.searched_on,
+            v.probes,
+            ms(|l| l.p50),
+            ms(|l| l.p95),
+            ms(|l| l.max),
+            v.not_seen
         );
     }
 }

@@ -59,7 +59,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank - 1]
 }
 
-fn latency(mut ms: Vec<f64>) -> Option<Latency> {
+/// Mean, percentiles and maximum of some durations in milliseconds; none when empty.
+pub fn latency(mut ms: Vec<f64>) -> Option<Latency> {
     if ms.is_empty() {
         return None;
     }

@@ -136,6 +136,21 @@ impl Conn {
         self.block(move |mut c| Box::pin(async move { cmd.query_async::<T>(&mut c).await.map_err(unavailable) }))
     }
 
+    /// One command, sent to the master of `key`'s slot whatever the command's own keys
+    /// (SCAN has none).
+    pub fn query_on_master_of<T: FromRedisValue + Send + 'static>(&self, key: &str, cmd: Cmd) -> Result<T> {
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+            key.as_bytes(),
+            SlotAddr::Master,
+        )));
+        self.block(move |mut c| {
+            Box::pin(async move {
+                let value = c.route_command(cmd, route).await.map_err(unavailable)?;
+                redis::from_redis_value::<T>(value).map_err(unavailable)
+            })
+        })
+    }
+
     /// Many commands at once (each routed by its key), answers in order.
     pub fn query_all<T: FromRedisValue + Send + 'static>(&self, cmds: Vec<Cmd>) -> Result<Vec<T>> {
         self.block(move |c| {

@@ -97,6 +97,21 @@ impl Keys {
         format!("{}:{{s{shard:02}}}", self.prefix)
     }
 
+    /// A SCAN pattern for every key of one shard (glob characters in the namespace
+    /// escaped), and the prefix those keys start with.
+    pub fn shard_pattern(&self, shard: u16) -> (String, String) {
+        let prefix = format!("{}:", self.tag(shard));
+        let mut pattern = String::with_capacity(prefix.len() + 2);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        (pattern, prefix)
+    }
+
     /// id → the shard holding the record (entries, documents, jobs).
     pub fn directory(&self, id: Ulid) -> String {
         format!("{}:dir:{id}", self.tag(id_shard(id)))

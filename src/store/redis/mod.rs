@@ -20,6 +20,7 @@ mod conn;
 mod follow;
 pub mod layout;
 mod read;
+mod scan;
 
 use std::sync::Arc;
 
@@ -206,8 +207,21 @@ impl MemoryStore for RedisStore {
         Ok(())
     }
     fn stats(&self) -> Result<Stats> {
+        Ok(self.cache_stats())
+    }
+    fn census(&self) -> Result<Stats> {
+        self.census_all()
+    }
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<usize> {
+        self.export_lines(out)
+    }
+}
+
+impl RedisStore {
+    /// What this node's caches hold (documents and sessions are not cached: 0).
+    fn cache_stats(&self) -> Stats {
         let cached = self.cache.stats();
-        Ok(Stats {
+        Stats {
             schema_version: layout::LAYOUT_VERSION,
             dimension: *self.dimension.lock(),
             entries: cached.entries,
@@ -218,7 +232,7 @@ impl MemoryStore for RedisStore {
             index_graph_nodes: self.cache.index().graph_len(),
             index_tombstones: self.cache.index().tombstones(),
             disk_bytes: 0,
-        })
+        }
     }
 }
 
