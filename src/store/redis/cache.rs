@@ -18,6 +18,9 @@ use super::layout::ScopeKey;
 use crate::store::records::{MemoryEntry, Scope};
 use crate::store::{CommitObserver, Committed, IndexParams, MemoryStore, VectorIndex};
 
+/// A load of at least this many points goes into the graph in the background.
+const BACKGROUND_INSERT_MIN: usize = 4096;
+
 /// A change to apply to the scopes held (from a commit here or one followed).
 pub enum Change {
     Added(MemoryEntry),
@@ -198,6 +201,10 @@ impl Cache {
                 let (p, s, k, v) = vectors.into_iter().next().expect("one");
                 self.index.insert(p, &s, k, v);
             }
+            // A scope loaded whole: into the graph in the background (searched exactly
+            // meanwhile), so that neither this search nor the changes queued behind the
+            // apply lock wait for a graph of many thousand points.
+            n if n >= BACKGROUND_INSERT_MIN => self.index.insert_many_in_background(vectors),
             _ => self.index.insert_many(vectors),
         }
         self.index.rebuild_in_background_if_due();
