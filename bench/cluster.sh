@@ -10,8 +10,11 @@
 # CLIENTS      concurrent clients per run (default 4)
 # RUN_SECS     seconds per run (default 20)
 # MIX          operation mix (default search=3,add=1: the store's work, no generation)
+# SEARCH_MODE  hybrid (default), dense or lexical (no query embedding: the store's share)
 # SEED         memories seeded into each run's scope first (default 2000)
 # CACHE_N      memories for the memory figure (default 100000; 0 skips it)
+# SLED_MEMORY  1 (default) also measures sled's memory for CACHE_N memories (its import
+#              builds the graph one batch at a time: minutes); 0 skips it
 # REDIS_BASE   first of six Redis ports (default 7100)
 set -euo pipefail
 
@@ -20,8 +23,10 @@ ENGRAM_BIN=$(realpath -m "${ENGRAM_BIN:-${CARGO_TARGET_DIR:-target}/release/engr
 CLIENTS=${CLIENTS:-4}
 RUN_SECS=${RUN_SECS:-20}
 MIX=${MIX:-search=3,add=1}
+SEARCH_MODE=${SEARCH_MODE:-hybrid}
 SEED=${SEED:-2000}
 CACHE_N=${CACHE_N:-100000}
+SLED_MEMORY=${SLED_MEMORY:-1}
 REDIS_BASE=${REDIS_BASE:-7100}
 PYTHON=${PYTHON:-python3}
 
@@ -66,7 +71,7 @@ stop_node() {
 }
 
 load() {
-    "$ENGRAM_BIN" bench load --clients "$CLIENTS" --seconds "$RUN_SECS" --mix "$MIX" --seed-memories "$SEED" "$@"
+    "$ENGRAM_BIN" bench load --clients "$CLIENTS" --seconds "$RUN_SECS" --mix "$MIX" --search-mode "$SEARCH_MODE" --seed-memories "$SEED" "$@"
 }
 
 say "Redis Cluster (3 masters, 3 replicas) on $REDIS_BASE-$((REDIS_BASE + 5))"
@@ -85,7 +90,7 @@ A=$NODE_PID
 load --url http://127.0.0.1:8182 --user one-node --server-pid "$A"
 
 say "2 nodes, redis-cluster (clients alternate between them)"
-start_node 8183 "$WORK/b" "${CLUSTER[@]}"
+start_node 8183 "$WORK/b" "${CLUSTER[@]}" RUST_LOG=info
 B=$NODE_PID
 load --url http://127.0.0.1:8182,http://127.0.0.1:8183 --user two-nodes --visibility-probes 100
 
@@ -100,11 +105,19 @@ if [ "$CACHE_N" -gt 0 ]; then
     curl -sf -o /dev/null -H 'content-type: application/json' \
         -d '{"user_id":"cache-probe","query":"kalo mine","k":10}' http://127.0.0.1:8183/v1/memories/search
     loaded=$(since "$started")
+    # The scope is searchable now (exactly); its graph is built in the background.
+    for _ in $(seq 1200); do
+        grep -q "a bulk insert is in the graph" "$WORK/node-8183.log" && break
+        sleep 0.5
+    done
+    graphed=$(since "$started")
     after=$(rss_kib "$B")
-    echo "cluster node: first search of the scope took $loaded s; RSS $((before / 1024)) MiB -> $((after / 1024)) MiB: +$(((after - before) / 1024)) MiB for $CACHE_N memories"
+    echo "cluster node: first search of the scope answered after $loaded s, its graph complete after $graphed s; RSS $((before / 1024)) MiB -> $((after / 1024)) MiB: +$(((after - before) / 1024)) MiB for $CACHE_N memories"
     stop_node "$A"
     stop_node "$B"
+fi
 
+if [ "$CACHE_N" -gt 0 ] && [ "$SLED_MEMORY" = 1 ]; then
     start_node 8184 "$WORK/empty"
     empty=$(rss_kib "$NODE_PID")
     stop_node "$NODE_PID"

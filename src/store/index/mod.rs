@@ -198,10 +198,10 @@ impl VectorIndex {
                 }
                 index.version.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::debug!(
+            tracing::info!(
                 points = points.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "bulk insert into the graph done"
+                "a bulk insert is in the graph"
             );
         };
         if let Err(e) = std::thread::Builder::new().name("engram-index-insert".into()).spawn(work) {
