@@ -102,6 +102,13 @@ fn two_nodes_share_memories_recall_and_erasure() {
     );
     assert_eq!(status, 200, "{told}");
     let session = told["session_id"].as_str().unwrap().to_owned();
+    // B holds Alice's scope already (the search above): A's write reaches it through the
+    // change stream within the follow interval, not at once. Wait for that, bounded.
+    let told_at = Instant::now();
+    while !search(&b, "alice", "Where does my sister Ingrid live?").iter().any(|t| t.contains("Tromsø")) {
+        assert!(told_at.elapsed() < Duration::from_secs(5), "the chat on A was not searchable on B within 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (status, asked) = b.call(
         "POST",
         "/v1/chat",
