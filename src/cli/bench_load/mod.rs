@@ -239,6 +239,11 @@ fn errors_cell(s: &OpSummary) -> String {
     s.errors.iter().map(|(k, n)| format!("{k}×{n}")).collect::<Vec<_>>().join(" ")
 }
 
+/// One figure of a latency summary for the table, `-` when nothing succeeded.
+fn ms_cell(latency: Option<&stats::Latency>, figure: fn(&stats::Latency) -> f64) -> String {
+    latency.map_or("-".into(), |l| format!("{:.1}", figure(l)))
+}
+
 fn print_table(r: &Report) {
     println!(
         "engram bench load: {} clients for {:.0} s against {} (mix {}, search {}), ran {:.1} s",
@@ -258,7 +263,7 @@ fn print_table(r: &Report) {
     );
     let rows = Op::ALL.iter().filter_map(|op| r.operations.get(op.name()).map(|s| (op.name(), s)));
     for (name, s) in rows.chain([("all", &r.overall)]) {
-        let ms = |f: fn(&stats::Latency) -> f64| s.latency_ms.as_ref().map_or("-".into(), |l| format!("{:.1}", f(l)));
+        let ms = |f| ms_cell(s.latency_ms.as_ref(), f);
         println!(
             "{:<9} {:>7} {:>7} {:>9.2} {:>9} {:>9} {:>9} {:>9} {:>6}  {}",
             name,
@@ -284,7 +289,7 @@ fn print_table(r: &Report) {
         );
     }
     if let Some(v) = &r.visibility {
-        let ms = |f: fn(&stats::Latency) -> f64| v.delay_ms.as_ref().map_or("-".into(), |l| format!("{:.1}", f(l)));
+        let ms = |f| ms_cell(v.delay_ms.as_ref(), f);
         println!(
             "written on {}, found on {}: {} probes, delay p50 {} ms, p95 {} ms, max {} ms, not seen within 10 s: {}",
             v.written_on,
