@@ -70,6 +70,8 @@ pub struct ModelConfig {
     pub embedder_truncate: bool,
     pub generator: PathBuf,
     pub generator_queue: usize,
+    /// MiB of attention caches kept between a session's turns (0: none).
+    pub generator_session_cache_mb: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -260,7 +260,11 @@ fn generator_loader(
     kind: tch::Kind,
 ) -> Option<impl FnOnce() -> anyhow::Result<Generator> + Send + 'static> {
     let path = Some(config.generator.clone()).filter(|p| !p.as_os_str().is_empty())?;
-    let opts = GeneratorOptions { queue_capacity: config.generator_queue, threads: config.threads };
+    let opts = GeneratorOptions {
+        queue_capacity: config.generator_queue,
+        threads: config.threads,
+        session_cache_bytes: config.generator_session_cache_mb << 20,
+    };
     Some(move || Ok(Generator::start(&path, device, kind, opts)?))
 }
 

@@ -77,6 +77,7 @@ fn outcome_json(outcome: &ChatOutcome) -> Value {
         "usage": {
             "prompt_tokens": outcome.context.prompt_tokens,
             "completion_tokens": outcome.generation.completion_tokens,
+            "cached_tokens": outcome.generation.cached_tokens,
             "sections": outcome.context.sections,
         },
         "timings": { "retrieve_ms": outcome.retrieve_ms, "generate_ms": outcome.generate_ms },

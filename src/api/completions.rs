@@ -110,6 +110,8 @@ impl CompletionRequest {
             sampling,
             stop: stop_list(self.stop)?,
             logprobs: self.logprobs,
+            // Raw completions belong to no session: nothing to continue or keep.
+            cache_key: None,
         };
         let answer = Answer {
             echo: if self.echo == Some(true) { text } else { String::new() },

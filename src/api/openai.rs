@@ -292,7 +292,7 @@ pub async fn chat_completions(
 }
 
 fn usage(o: &ChatOutcome) -> Usage {
-    Usage::new(o.context.prompt_tokens, o.generation.completion_tokens)
+    Usage::new(o.context.prompt_tokens, o.generation.completion_tokens, o.generation.cached_tokens)
 }
 
 /// The fields every object of one chat completion shares, and how its chunks look.

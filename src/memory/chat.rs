@@ -18,6 +18,7 @@
 //!   since the turn began;
 //! - a caller that goes away before the reply is complete gets nothing written back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -31,12 +32,15 @@ use super::ranking::Mode;
 use super::service::{blocking, MemoryError, MemoryService, SearchQuery};
 use super::sessions::session_digest;
 use crate::model::generator::{GenerateRequest, GenerationEvent, GenerationSummary, TokenLogprob};
+use crate::model::prompt_cache::CacheKey;
 use crate::model::sampling::SamplingParams;
 use crate::model::Generator;
 use crate::store::records::{
     memory_entry::Source, now_ms, ulid_from_bytes, Kind, MemoryEntry, Scope, Session, SessionSource, Turn,
 };
-use crate::store::{NewEntry, Precondition, SessionWrite, StoreError, WriteBatch};
+use crate::store::{
+    CommitObserver, Committed, MemoryStore, NewEntry, Precondition, SessionWrite, StoreError, WriteBatch,
+};
 
 /// The most tokens a rolling summary may take.
 const SUMMARY_MAX_TOKENS: usize = 160;
@@ -134,7 +138,11 @@ pub struct Chat {
 }
 
 impl Chat {
+    /// Also makes the model forget a session's attention cache whenever memories written
+    /// from that session are removed (the session deleted, the user erased) — on this
+    /// node or, with a shared store, on any.
     pub fn new(memory: MemoryService, generator: Generator, config: ChatConfig) -> Self {
+        memory.store().observe(Arc::new(CacheForgetter { generator: generator.clone() }));
         Self { memory, generator, config }
     }
 
@@ -257,6 +265,7 @@ impl Chat {
             sampling: turn.sampling.clone(),
             stop: turn.stop.clone(),
             logprobs: turn.logprobs,
+            cache_key: Some(CacheKey { scope: tenant.to_owned(), session: session.id.clone() }),
             ..Default::default()
         };
         let memories: Vec<UsedMemory> = found
@@ -454,6 +463,20 @@ impl Chat {
             source: Some(Source::Session(SessionSource { session_id: session.id.clone(), turn_index })),
             ..Default::default()
         })
+    }
+}
+
+/// Drops the attention cache of every session whose memories a commit removes.
+struct CacheForgetter {
+    generator: Generator,
+}
+
+impl CommitObserver for CacheForgetter {
+    fn committed(&self, _store: &dyn MemoryStore, change: &Committed) {
+        for entry in change.removed {
+            let (Some(scope), Some(Source::Session(source))) = (&entry.scope, &entry.source) else { continue };
+            self.generator.forget_session(&scope.tenant, &source.session_id);
+        }
     }
 }
 

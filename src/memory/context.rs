@@ -18,10 +18,15 @@
 //!    left is not the user's, it goes too, so that the history starts on a user turn as
 //!    templates that insist on user/assistant alternation require.
 //!
-//! Layout: memories and summary go inside the system message, after the system prompt —
-//! a "Relevant memories:" heading with one memory per line ([`format_memory`]), then
-//! "Summary of earlier conversation: …" — then each kept turn as its own message, then the
-//! user message, then the template's generation prompt.
+//! Layout, chosen so that consecutive turns of a session share the longest possible prefix
+//! (the model keeps a session's attention cache between turns and recomputes only what
+//! follows the shared prefix; see `model::prompt_cache`): first what changes least — the
+//! system message (the system prompt, then "Summary of earlier conversation: …", which
+//! changes only when older turns are compressed) and each kept turn as its own message —
+//! then what is new to this turn, the last user message: a "Relevant memories:" heading
+//! with one memory per line ([`format_memory`]), a blank line, and the user's message;
+//! then the template's generation prompt. Memories retrieved for this turn therefore
+//! never sit in front of the history, where they would change the prefix at every turn.
 //!
 //! Token accuracy: the choice above is made with per-part estimates (each part's own tokens
 //! plus the per-message overhead the template adds, measured once with a probe render); the
@@ -247,9 +252,10 @@ pub fn assemble(req: &ContextRequest, r: &dyn PromptRenderer) -> Result<Assemble
     let per_message = probe_message_overhead(req, r, bare_tokens).unwrap_or(fixed);
     let turn_cost = |t: &Turn| r.count_tokens(&t.content) + per_message;
     // Block separators ("\n\n", "- ") are charged a token each. Without a system prompt the
-    // first memory also brings the system message's markup.
+    // summary also brings the system message's markup (memories go in the user message,
+    // which is there anyway).
     let system_markup = if req.system_prompt.trim().is_empty() { per_message } else { 0 };
-    let heading_cost = r.count_tokens(MEMORIES_HEADING) + 1 + system_markup;
+    let heading_cost = r.count_tokens(MEMORIES_HEADING) + 1;
     let memory_cost = |line: &str| r.count_tokens(line) + 1;
     let summary_cost = |s: &str| r.count_tokens(SUMMARY_LEAD) + r.count_tokens(s) + 1 + system_markup;
 
@@ -383,15 +389,13 @@ fn memory_block(lines: &[String]) -> String {
     block
 }
 
-/// The messages for a selection: system (prompt, memories, summary), kept turns, message.
-/// No system message when all of its parts are empty.
+/// The messages for a selection: system (prompt, summary), kept turns, then the user
+/// message with this turn's memories ahead of it. No system message when both of its
+/// parts are empty.
 fn build_messages(req: &ContextRequest, lines: &[String], summary: Option<&str>, sel: &Selection) -> Vec<ChatMessage> {
     let mut blocks: Vec<String> = Vec::new();
     if !req.system_prompt.trim().is_empty() {
         blocks.push(req.system_prompt.trim_end().to_string());
-    }
-    if !lines.is_empty() {
-        blocks.push(memory_block(lines));
     }
     if let Some(s) = summary {
         blocks.push(format!("{SUMMARY_LEAD}{s}"));
@@ -401,7 +405,12 @@ fn build_messages(req: &ContextRequest, lines: &[String], summary: Option<&str>,
         messages.push(ChatMessage::new("system", blocks.join("\n\n")));
     }
     messages.extend(req.recent_turns[sel.first_turn..].iter().map(|t| ChatMessage::new(&t.role, &t.content)));
-    messages.push(ChatMessage::new("user", req.message));
+    let message = if lines.is_empty() {
+        req.message.to_string()
+    } else {
+        format!("{}\n\n{}", memory_block(lines), req.message)
+    };
+    messages.push(ChatMessage::new("user", message));
     messages
 }
 
@@ -519,12 +528,10 @@ mod tests {
         let req = ContextRequest { rolling_summary: Some("we talked about tea"), ..request(&mems, &ts, 1000) };
         let out = assemble(&req, &Fake::default()).unwrap();
 
-        let system =
-            "sys\n\nRelevant memories:\n- [fact · 2026-11-29] beta fact here\n- [fact · 2026-11-29] alpha fact\
-                      \n\nSummary of earlier conversation: we talked about tea";
-        let mut expected = vec![ChatMessage::new("system", system)];
+        let mut expected = vec![ChatMessage::new("system", "sys\n\nSummary of earlier conversation: we talked about tea")];
         expected.extend(ts.iter().map(|t| ChatMessage::new(&t.role, &t.content)));
-        expected.push(ChatMessage::new("user", "hi"));
+        let message = "Relevant memories:\n- [fact · 2026-11-29] beta fact here\n- [fact · 2026-11-29] alpha fact\n\nhi";
+        expected.push(ChatMessage::new("user", message));
         assert_eq!(out.messages, expected);
         assert_eq!(out.prompt, Fake::default().render(&expected).unwrap());
         assert_eq!(out.used_memories, ["b", "a"]);
@@ -695,7 +702,10 @@ mod tests {
             for (m, t) in middle.iter().zip(kept) {
                 assert_eq!((&m.role, &m.content), (&t.role, &t.content), "case {case}");
             }
-            assert_eq!(out.messages.last().unwrap().content, msg);
+            // The message comes last, after this turn's memories when there are any.
+            let last = &out.messages.last().unwrap().content;
+            assert!(last.ends_with(msg.as_str()), "case {case}");
+            assert_eq!(last.starts_with(MEMORIES_HEADING), !out.used_memories.is_empty(), "case {case}");
             assert_eq!(out.summary_included, out.messages[0].content.contains("Summary of earlier conversation:"));
             if out.dropped_turns > 0 || out.dropped_memories > 0 {
                 trimmed_something += 1;

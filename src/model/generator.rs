@@ -11,14 +11,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::chat_template::{ChatMessage, ChatTemplate};
 use super::engine_error::EngineError;
 use super::gguf::GgufFile;
-use super::llama::Llama;
+use super::llama::{KvCache, Llama};
 use super::model_thread::{self, Liveness};
+use super::prompt_cache::{CacheKey, CacheStats, PromptCache};
 use super::sampling::{log_probs, Sampler, SamplingParams};
 use super::text_stream::TextStream;
 use super::tokenizer::TextTokenizer;
@@ -39,6 +41,9 @@ pub struct GeneratorInfo {
 pub struct GeneratorOptions {
     pub queue_capacity: usize,
     pub threads: usize,
+    /// Bytes of attention caches kept between a session's turns (0: none kept); see
+    /// [`super::prompt_cache`].
+    pub session_cache_bytes: usize,
 }
 
 /// One generation request.
@@ -56,6 +61,9 @@ pub struct GenerateRequest {
     /// Report each generated token's log-probability, with this many most likely
     /// alternatives (as [`GenerationEvent::Logprob`]); `None` reports nothing.
     pub logprobs: Option<usize>,
+    /// The session this prompt continues: its attention cache is reused for the prefix
+    /// the prompt shares with the session's previous one, and kept for the next.
+    pub cache_key: Option<CacheKey>,
 }
 
 /// One generated token with its log-probability under the model (the log-softmax of its
@@ -89,6 +97,8 @@ pub enum FinishReason {
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationSummary {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose attention state came from the session's cache, not computed.
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
     /// Per generated token, when the request asked for log-probabilities: filled by
@@ -119,8 +129,15 @@ struct Job {
     sampling: SamplingParams,
     stop: Vec<String>,
     logprobs: Option<usize>,
+    cache_key: Option<CacheKey>,
     events: mpsc::UnboundedSender<GenerationEvent>,
     span: tracing::Span,
+}
+
+/// How decoding ended, when it did not fail.
+enum Decoded {
+    Finished { generated: usize, finish: FinishReason, decode: Duration },
+    Cancelled { completion_tokens: usize },
 }
 
 /// How a job ended, when it did not fail.
@@ -141,6 +158,7 @@ pub struct Generator {
     info: Arc<GeneratorInfo>,
     capacity: usize,
     liveness: Liveness,
+    prompt_cache: Arc<Mutex<PromptCache>>,
 }
 
 impl Generator {
@@ -159,6 +177,8 @@ impl Generator {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(opts.queue_capacity.max(1));
         let path_owned = path.to_path_buf();
         let worker_tokenizer = tokenizer.clone();
+        let prompt_cache = Arc::new(Mutex::new(PromptCache::new(opts.session_cache_bytes)));
+        let worker_cache = prompt_cache.clone();
         // Called again to reload the model after its thread crashed.
         let load = move || {
             fail::fail_point!("generator::load", |reason: Option<String>| Err(reason.unwrap_or_default()));
@@ -173,7 +193,7 @@ impl Generator {
             Ok((model, info))
         };
         let serve = move |model, jobs: &mut mpsc::Receiver<Job>| {
-            Worker { model, tokenizer: worker_tokenizer.clone() }.run(jobs)
+            Worker { model, tokenizer: worker_tokenizer.clone(), prompt_cache: worker_cache.clone() }.run(jobs)
         };
         let (info, took, liveness) =
             model_thread::spawn("engram-generator", "chat model", opts.threads, jobs_rx, load, serve)
@@ -189,11 +209,28 @@ impl Generator {
             info: Arc::new(info),
             capacity: opts.queue_capacity,
             liveness,
+            prompt_cache,
         })
     }
 
     pub fn info(&self) -> &GeneratorInfo {
         &self.info
+    }
+
+    /// Drops the attention cache kept for a session (its next turn computes its prompt
+    /// afresh, or from a prefix another session of the scope shares).
+    pub fn forget_session(&self, scope: &str, session: &str) {
+        self.prompt_cache.lock().forget_session(scope, session);
+    }
+
+    /// Drops every attention cache kept for the scope.
+    pub fn forget_scope(&self, scope: &str) {
+        self.prompt_cache.lock().forget_scope(scope);
+    }
+
+    /// What the session caches hold now.
+    pub fn prompt_cache_stats(&self) -> CacheStats {
+        self.prompt_cache.lock().stats()
     }
 
     /// False while the model is being reloaded after its thread crashed.
@@ -254,6 +291,7 @@ impl Generator {
             sampling: req.sampling,
             stop: req.stop,
             logprobs: req.logprobs,
+            cache_key: req.cache_key,
             events,
             span: tracing::Span::current(),
         };
@@ -313,6 +351,7 @@ fn chat_template_of(file: &GgufFile, tokenizer: &TextTokenizer) -> Result<ChatTe
 struct Worker {
     model: Llama,
     tokenizer: Arc<TextTokenizer>,
+    prompt_cache: Arc<Mutex<PromptCache>>,
 }
 
 impl Worker {
@@ -353,20 +392,53 @@ impl Worker {
     /// Runs one job.
     fn generate(&self, job: Job) -> Result<Outcome, String> {
         let started = Instant::now();
-        let mut cache = self.model.new_cache();
-        let mut logits = self.model.forward(&job.prompt_ids, &mut cache).map_err(|e| e.to_string())?;
+        let mut lease = self
+            .prompt_cache
+            .lock()
+            .check_out(job.cache_key.as_ref(), &job.prompt_ids, || self.model.new_cache())
+            .map_err(|e| format!("copying a cached prefix: {e}"))?;
+        let cached_tokens = lease.reused;
+        let mut logits =
+            self.model.forward(&job.prompt_ids[cached_tokens..], &mut lease.kv).map_err(|e| e.to_string())?;
         let prefill = started.elapsed();
-        let eos = self.tokenizer.eos_id();
-        let mut sampler = Sampler::new(job.sampling);
+        // From here on the cache is handed back however the generation ends (a panic
+        // drops it instead), holding the tokens it has seen.
         let mut history = job.prompt_ids.clone();
-        let mut stream = TextStream::new(job.stop);
+        let result = self.decode(&job, &mut lease.kv, &mut logits, &mut history);
+        self.prompt_cache.lock().check_in(lease, history);
+        let (generated, finish, decode) = match result? {
+            Decoded::Cancelled { completion_tokens } => return Ok(Outcome::Cancelled { completion_tokens }),
+            Decoded::Finished { generated, finish, decode } => (generated, finish, decode),
+        };
+        Ok(Outcome::Finished(GenerationSummary {
+            prompt_tokens: job.prompt_ids.len(),
+            cached_tokens,
+            completion_tokens: generated,
+            finish_reason: finish,
+            logprobs: Vec::new(),
+            prefill,
+            decode,
+        }))
+    }
+
+    /// Samples and feeds tokens until the job ends; `history` gains each sampled token.
+    fn decode(
+        &self,
+        job: &Job,
+        cache: &mut KvCache,
+        logits: &mut Vec<f32>,
+        history: &mut Vec<u32>,
+    ) -> Result<Decoded, String> {
+        let eos = self.tokenizer.eos_id();
+        let mut sampler = Sampler::new(job.sampling.clone());
+        let mut stream = TextStream::new(job.stop.clone());
         let mut generated = 0;
         let mut finish = FinishReason::Length;
         let decode_started = Instant::now();
         while generated < job.max_tokens {
             // The model's own distribution, before the sampler adjusts the logits.
             let raw = job.logprobs.map(|_| logits.clone());
-            let token = sampler.sample(&mut logits, &history);
+            let token = sampler.sample(logits, history);
             generated += 1;
             if Some(token) == eos {
                 finish = FinishReason::Stop;
@@ -376,14 +448,14 @@ impl Worker {
             if let (Some(raw), Some(top)) = (raw, job.logprobs) {
                 let entry = self.logprob_of(&raw, token, top);
                 if job.events.send(GenerationEvent::Logprob(entry)).is_err() {
-                    return Ok(Outcome::Cancelled { completion_tokens: generated });
+                    return Ok(Decoded::Cancelled { completion_tokens: generated });
                 }
             }
             // Control tokens (<|im_start|>, <|endoftext|>…) are markup, not text.
             let bytes = if self.tokenizer.is_special(token) { Vec::new() } else { self.tokenizer.token_bytes(token) };
             let released = stream.push(&bytes);
             if !released.text.is_empty() && job.events.send(GenerationEvent::Text(released.text)).is_err() {
-                return Ok(Outcome::Cancelled { completion_tokens: generated });
+                return Ok(Decoded::Cancelled { completion_tokens: generated });
             }
             if released.stopped {
                 finish = FinishReason::Stop;
@@ -393,24 +465,17 @@ impl Worker {
                 break;
             }
             if job.events.is_closed() {
-                return Ok(Outcome::Cancelled { completion_tokens: generated });
+                return Ok(Decoded::Cancelled { completion_tokens: generated });
             }
             // Where a fault in libtorch would strike (tests inject panics and errors here).
             fail::fail_point!("generator::decode", |reason: Option<String>| Err(reason.unwrap_or_default()));
-            logits = self.model.forward(&[token], &mut cache).map_err(|e| e.to_string())?;
+            *logits = self.model.forward(&[token], cache).map_err(|e| e.to_string())?;
         }
         let tail = stream.finish();
         if !tail.is_empty() && job.events.send(GenerationEvent::Text(tail)).is_err() {
-            return Ok(Outcome::Cancelled { completion_tokens: generated });
+            return Ok(Decoded::Cancelled { completion_tokens: generated });
         }
-        Ok(Outcome::Finished(GenerationSummary {
-            prompt_tokens: job.prompt_ids.len(),
-            completion_tokens: generated,
-            finish_reason: finish,
-            logprobs: Vec::new(),
-            prefill,
-            decode: decode_started.elapsed(),
-        }))
+        Ok(Decoded::Finished { generated, finish, decode: decode_started.elapsed() })
     }
 
     /// `token`'s log-probability under `logits`, with the `top` most likely tokens.

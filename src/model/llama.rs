@@ -307,6 +307,29 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// Bytes of key/value storage held (all of the capacity, not only the positions in use).
+    pub fn bytes(&self) -> usize {
+        let sig = self.signature;
+        2 * sig.num_layers * sig.num_kv_heads * self.capacity * sig.head_dim * sig.kind.elt_size_in_bytes()
+    }
+
+    /// A new cache holding a copy of the first `len` positions (at most the current
+    /// length), for another sequence that starts with the same tokens.
+    pub fn fork(&self, len: usize) -> Result<KvCache, TchError> {
+        let len = len.min(self.len);
+        let mut copy = KvCache { layers: Vec::new(), len: 0, capacity: 0, signature: self.signature };
+        if len == 0 {
+            return Ok(copy);
+        }
+        copy.reserve(len)?;
+        for ((keys, values), (old_keys, old_values)) in copy.layers.iter().zip(&self.layers) {
+            keys.f_narrow(1, 0, len as i64)?.f_copy_(&old_keys.f_narrow(1, 0, len as i64)?)?;
+            values.f_narrow(1, 0, len as i64)?.f_copy_(&old_values.f_narrow(1, 0, len as i64)?)?;
+        }
+        copy.len = len;
+        Ok(copy)
+    }
+
     /// Makes room for `needed` positions in total.
     fn reserve(&mut self, needed: usize) -> Result<(), TchError> {
         if needed <= self.capacity {
@@ -809,6 +832,28 @@ mod tests {
         let again = model.forward(&[7], &mut cache).unwrap();
         assert_eq!(cache.len(), 3);
         let diff = first.iter().zip(&again).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "max difference {diff}");
+    }
+
+    #[test]
+    fn a_fork_continues_like_the_original() {
+        let model = Llama::random(tiny_config(), 5, Device::Cpu, Kind::Float);
+        let mut cache = model.new_cache();
+        model.forward(&[4, 8, 15, 16, 23], &mut cache).unwrap();
+        let mut fork = cache.fork(3).unwrap();
+        assert_eq!((fork.len(), cache.len()), (3, 5));
+        assert_eq!(fork.bytes(), 2 * 2 * 2 * fork.capacity() * 16 * 4);
+        let forked = model.forward(&[42], &mut fork).unwrap();
+        let mut fresh = model.new_cache();
+        let whole = model.forward(&[4, 8, 15, 42], &mut fresh).unwrap();
+        let diff = forked.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "max difference {diff}");
+        // The original is untouched by the fork's writes.
+        let mut again = cache.fork(5).unwrap();
+        let next = model.forward(&[42], &mut again).unwrap();
+        let mut fresh = model.new_cache();
+        let expected = model.forward(&[4, 8, 15, 16, 23, 42], &mut fresh).unwrap();
+        let diff = next.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-4, "max difference {diff}");
     }
 

@@ -6,6 +6,7 @@
 //! - [`llama`], [`llama_loader`]: the chat model and its loaders (GGUF, HF folders);
 //! - [`gguf`]: reading GGUF files (metadata, tensors, dequantisation);
 //! - [`tokenizer`], [`chat_template`]: text to ids, chat messages to a prompt;
+//! - [`prompt_cache`]: sessions' attention caches, kept between turns;
 //! - [`sampling`], [`text_stream`]: picking tokens, and turning them into safe text;
 //! - [`device`]: where it all runs.
 
@@ -19,6 +20,7 @@ pub mod gguf;
 pub mod llama;
 pub mod llama_loader;
 mod model_thread;
+pub mod prompt_cache;
 pub mod sampling;
 pub mod text_stream;
 pub mod tokenizer;
