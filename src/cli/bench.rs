@@ -61,6 +61,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time to first token of each turn of a conversation, keeping the session's attention
+    /// cache between turns and recomputing the whole prompt, side by side (in-process, on
+    /// a temporary store).
+    Chat {
+        #[arg(long, default_value_t = 10)]
+        turns: usize,
+        /// Longest reply per turn, in tokens.
+        #[arg(long, default_value_t = 96)]
+        reply_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Concurrent clients against a running server: throughput, latency and errors of
     /// chat, search, add and import.
     Load(super::bench_load::LoadArgs),
@@ -85,6 +97,9 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         }
         BenchCommand::Generate { model, prompt_tokens, new_tokens, json } => {
             super::bench_models::bench_generate(settings, model, prompt_tokens, new_tokens, json)?
+        }
+        BenchCommand::Chat { turns, reply_tokens, json } => {
+            super::bench_chat::bench_chat(settings, turns, reply_tokens, json)?
         }
         BenchCommand::Load(args) => super::bench_load::run(args)?,
     }

@@ -3,6 +3,7 @@
 //! `chat`).
 
 mod bench;
+mod bench_chat;
 mod bench_load;
 mod bench_models;
 mod client;
