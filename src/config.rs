@@ -72,6 +72,9 @@ pub struct ModelConfig {
     pub generator_queue: usize,
     /// MiB of attention caches kept between a session's turns (0: none).
     pub generator_session_cache_mb: usize,
+    /// On the CPU, multiply by the GGUF file's quantised blocks rather than by weights
+    /// dequantised to f32 at load.
+    pub generator_quantized: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

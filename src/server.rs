@@ -27,6 +27,7 @@ use crate::memory::extract::{ExtractionConfig, Extractor};
 use crate::memory::service::MemoryService;
 use crate::model::embedder::EmbedderOptions;
 use crate::model::generator::GeneratorOptions;
+use crate::model::llama_loader::WeightFormat;
 use crate::model::{DeviceSpec, Embedder, Engine, Generator, ResolvedDevice};
 use crate::store::{BackendKind, MemoryStore, StoreConfig};
 
@@ -264,8 +265,18 @@ fn generator_loader(
         queue_capacity: config.generator_queue,
         threads: config.threads,
         session_cache_bytes: config.generator_session_cache_mb << 20,
+        weights: weight_format(config),
     };
     Some(move || Ok(Generator::start(&path, device, kind, opts)?))
+}
+
+/// How the chat model's weights are held, from `model.generator_quantized`.
+pub fn weight_format(config: &ModelConfig) -> WeightFormat {
+    if config.generator_quantized {
+        WeightFormat::Quantized
+    } else {
+        WeightFormat::Dequantized
+    }
 }
 
 /// Fault injection for the tests: in a build with the `failpoints` feature, the

@@ -58,6 +58,10 @@ pub enum BenchCommand {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 256)]
         new_tokens: usize,
+        /// Measure only the file's quantised blocks (`gguf`) or only f32 weights (`f32`);
+        /// both by default.
+        #[arg(long)]
+        only: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -95,8 +99,8 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Embed { corpus, sentences, batch, json } => {
             super::bench_models::bench_embed(settings, &corpus, sentences, &batch, json)?
         }
-        BenchCommand::Generate { model, prompt_tokens, new_tokens, json } => {
-            super::bench_models::bench_generate(settings, model, prompt_tokens, new_tokens, json)?
+        BenchCommand::Generate { model, prompt_tokens, new_tokens, only, json } => {
+            super::bench_models::bench_generate(settings, model, prompt_tokens, new_tokens, only.as_deref(), json)?
         }
         BenchCommand::Chat { turns, reply_tokens, json } => {
             super::bench_chat::bench_chat(settings, turns, reply_tokens, json)?

@@ -100,7 +100,12 @@ fn run(
         &settings.model.generator,
         device,
         kind,
-        GeneratorOptions { queue_capacity: 4, threads: settings.model.threads, session_cache_bytes: cache_mb << 20 },
+        GeneratorOptions {
+            queue_capacity: 4,
+            threads: settings.model.threads,
+            session_cache_bytes: cache_mb << 20,
+            weights: crate::server::weight_format(&settings.model),
+        },
     )?;
     let memory = MemoryService::new(
         store.clone(),

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::model::llama_loader::WeightFormat;
 use crate::model::embedder::{Embedder, EmbedderOptions};
 use crate::model::sampling::argmax;
 
@@ -93,6 +94,7 @@ pub fn bench_generate(
     model: Option<PathBuf>,
     prompt_tokens: usize,
     new_tokens: usize,
+    only: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<()> {
     let path = model.unwrap_or_else(|| settings.model.generator.clone());
@@ -101,48 +103,76 @@ pub fn bench_generate(
         tch::set_num_threads(settings.model.threads as i32);
     }
     let _no_grad = tch::no_grad_guard();
-    let started = Instant::now();
-    let llama = crate::model::llama_loader::load_gguf(&path, device.0, kind)?;
-    let load = started.elapsed();
-    let params = llama.parameter_count();
-    let weight_bytes = params * kind.elt_size_in_bytes();
-    println!(
-        "engram bench generate: {} ({:.1}M parameters, {:.0} MB as {kind:?}) on {device}, loaded in {:.1}s",
-        path.display(),
-        params as f64 / 1e6,
-        weight_bytes as f64 / 1e6,
-        load.as_secs_f64()
-    );
-    let vocab = llama.config().vocab_size as u32;
-    // A deterministic prompt of ordinary tokens (ids spread over the vocabulary).
-    let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| 100 + (i * 7919) % (vocab - 200)).collect();
-
-    let mut cache = llama.new_cache();
-    let started = Instant::now();
-    let mut logits = llama.forward(&prompt, &mut cache)?;
-    let prefill = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    for _ in 0..new_tokens {
-        let next = argmax(&logits);
-        logits = llama.forward(&[next], &mut cache)?;
-    }
-    let decode = started.elapsed().as_secs_f64();
     let bandwidth = memory_read_bandwidth();
-    let bound = bandwidth / weight_bytes as f64;
-    let (prefill_rate, decode_rate) = (prompt_tokens as f64 / prefill, new_tokens as f64 / decode);
-    println!("prefill: {prompt_tokens} tokens in {prefill:.2}s = {prefill_rate:.1} tokens/s");
-    println!("decode:  {new_tokens} tokens in {decode:.2}s = {decode_rate:.1} tokens/s (batch 1, greedy)");
     println!(
-        "baseline: memory read bandwidth {:.1} GB/s → at most {bound:.1} tokens/s for these weights; decode reaches {:.0}% of it",
-        bandwidth / 1e9,
-        100.0 * decode_rate / bound
+        "engram bench generate: {} on {device}, {} threads, {prompt_tokens}-token prompt then {new_tokens} tokens \
+         greedy; memory read bandwidth {:.1} GB/s",
+        path.display(),
+        tch::get_num_threads(),
+        bandwidth / 1e9
     );
+    // The quantised path exists on the CPU only; elsewhere the one format is measured.
+    let formats: &[(&str, WeightFormat)] = if device.0 == tch::Device::Cpu {
+        &[("gguf blocks", WeightFormat::Quantized), ("f32", WeightFormat::Dequantized)]
+    } else {
+        &[("dequantised", WeightFormat::Dequantized)]
+    };
+    let formats: Vec<_> = match only {
+        None => formats.to_vec(),
+        Some("gguf") => formats.iter().copied().filter(|(_, f)| *f == WeightFormat::Quantized).collect(),
+        Some("f32") => formats.iter().copied().filter(|(_, f)| *f == WeightFormat::Dequantized).collect(),
+        Some(other) => bail!("--only: `{other}` is neither gguf nor f32"),
+    };
+    let mut results = Vec::new();
+    for &(label, format) in &formats {
+        let started = Instant::now();
+        let llama = crate::model::llama_loader::load_gguf_as(&path, device.0, kind, format)?;
+        let load = started.elapsed();
+        let vocab = llama.config().vocab_size as u32;
+        // A deterministic prompt of ordinary tokens (ids spread over the vocabulary).
+        let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| 100 + (i * 7919) % (vocab - 200)).collect();
+        let mut cache = llama.new_cache();
+        let started = Instant::now();
+        let mut logits = llama.forward(&prompt, &mut cache)?;
+        let prefill = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut generated = Vec::with_capacity(new_tokens);
+        for _ in 0..new_tokens {
+            let next = argmax(&logits);
+            generated.push(next);
+            logits = llama.forward(&[next], &mut cache)?;
+        }
+        let decode = started.elapsed().as_secs_f64();
+        let bytes = llama.weight_bytes_per_token();
+        let bound = bandwidth / bytes as f64;
+        let (prefill_rate, decode_rate) = (prompt_tokens as f64 / prefill, new_tokens as f64 / decode);
+        println!(
+            "{label:>12}: decode {decode_rate:6.1} tokens/s, prefill {prefill_rate:6.1} tokens/s; {:.1} MB read per \
+             token, bandwidth bound {bound:.1} tokens/s ({:.0}% of it); loaded in {:.1}s",
+            bytes as f64 / 1e6,
+            100.0 * decode_rate / bound,
+            load.as_secs_f64()
+        );
+        results.push(json!({ "weights": label, "decode_tokens_per_s": decode_rate, "prefill_tokens_per_s": prefill_rate,
+                             "bytes_per_token": bytes, "bandwidth_bound_tokens_per_s": bound, "tokens": generated }));
+    }
+    if let [quantized, dense] = results.as_slice() {
+        let ratio = |key: &str| quantized[key].as_f64().unwrap_or(0.0) / dense[key].as_f64().unwrap_or(1.0);
+        println!(
+            "gguf blocks / f32: decode {:.2}x, prefill {:.2}x; same greedy tokens: {}",
+            ratio("decode_tokens_per_s"),
+            ratio("prefill_tokens_per_s"),
+            quantized["tokens"] == dense["tokens"]
+        );
+    }
     if json_out {
         println!(
             "{}",
-            json!({ "bench": "generate", "device": device.to_string(), "prefill_tokens_per_s": prefill_rate,
-                    "decode_tokens_per_s": decode_rate, "bandwidth_bound_tokens_per_s": bound,
-                    "prompt_tokens": prompt_tokens, "new_tokens": new_tokens })
+            json!({ "bench": "generate", "device": device.to_string(), "bandwidth_bytes_per_s": bandwidth,
+                    "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "results": results,
+                    // The first format's figures, as bench/compare.py reads them.
+                    "decode_tokens_per_s": results[0]["decode_tokens_per_s"],
+                    "prefill_tokens_per_s": results[0]["prefill_tokens_per_s"] })
         );
     }
     Ok(())

@@ -19,6 +19,7 @@ use super::chat_template::{ChatMessage, ChatTemplate};
 use super::engine_error::EngineError;
 use super::gguf::GgufFile;
 use super::llama::{KvCache, Llama};
+use super::llama_loader::WeightFormat;
 use super::model_thread::{self, Liveness};
 use super::prompt_cache::{CacheKey, CacheStats, PromptCache};
 use super::sampling::{log_probs, Sampler, SamplingParams};
@@ -44,6 +45,8 @@ pub struct GeneratorOptions {
     /// Bytes of attention caches kept between a session's turns (0: none kept); see
     /// [`super::prompt_cache`].
     pub session_cache_bytes: usize,
+    /// How the weights are held: the file's quantised blocks (CPU) or dequantised.
+    pub weights: WeightFormat,
 }
 
 /// One generation request.
@@ -182,13 +185,14 @@ impl Generator {
         // Called again to reload the model after its thread crashed.
         let load = move || {
             fail::fail_point!("generator::load", |reason: Option<String>| Err(reason.unwrap_or_default()));
-            let model = super::llama_loader::load_gguf(&path_owned, device.0, kind).map_err(|e| e.to_string())?;
+            let model = super::llama_loader::load_gguf_as(&path_owned, device.0, kind, opts.weights)
+                .map_err(|e| e.to_string())?;
             let info = GeneratorInfo {
                 name: path_owned.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
                 parameters: model.parameter_count(),
                 context_length: model.config().max_position_embeddings,
                 device: device.to_string(),
-                dtype: format!("{kind:?}"),
+                dtype: if model.is_quantized() { "gguf blocks".into() } else { format!("{kind:?}") },
             };
             Ok((model, info))
         };

@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::gguf::GgufFile;
+use super::gguf::matmul::QuantMatrix;
+use super::gguf::{GgmlType, GgufFile};
 use super::llama::{Llama, LlamaConfig, LlamaError, RopeScaling};
 
 /// `model_type` values of `config.json` this decoder can run.
@@ -385,33 +386,101 @@ pub fn read_gguf_weights(
     device: Device,
     kind: Kind,
 ) -> Result<HashMap<String, Tensor>, LlamaError> {
+    Ok(read_gguf(file, config, device, kind, false)?.0)
+}
+
+/// How a GGUF file's weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// 2-D weights stay in the file's quantised (or half-precision) blocks and are
+    /// multiplied as such (CPU only, f32 activations); the rest is dequantised.
+    Quantized,
+    /// Everything dequantised to the compute type (what a GPU runs, and the f32 baseline).
+    Dequantized,
+}
+
+/// GGUF types kept as blocks by [`WeightFormat::Quantized`]. F32 weights are left to
+/// libtorch's own f32 products, which read them no faster than these kernels would.
+fn keeps_blocks(dtype: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(dtype, F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K)
+}
+
+/// The weights of a GGUF file: dense tensors, and with `keep_blocks` the 2-D weights of
+/// quantised types as [`QuantMatrix`]es (q/k rows restored by moving whole rows).
+fn read_gguf(
+    file: &GgufFile,
+    config: &LlamaConfig,
+    device: Device,
+    kind: Kind,
+    keep_blocks: bool,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, QuantMatrix>), LlamaError> {
     let _guard = tch::no_grad_guard();
     let permuted = file.get_str("general.architecture")? == "llama";
     let mut tensors = HashMap::new();
+    let mut quantized = HashMap::new();
     for info in file.tensors() {
         let Some(name) = hf_name(&info.name) else {
             tracing::debug!(file = %file.path().display(), tensor = %info.name, "GGUF tensor not used by the model");
             continue;
         };
+        let heads = if !permuted {
+            None
+        } else if name.contains(".q_proj.") {
+            Some(config.num_heads)
+        } else if name.contains(".k_proj.") {
+            Some(config.num_kv_heads)
+        } else {
+            None
+        };
+        let shape = info.shape();
+        if keep_blocks && shape.len() == 2 && keeps_blocks(info.dtype) {
+            // `shape` is row-major (outermost first): [rows, cols].
+            let (rows, cols) = (shape[0], shape[1]);
+            let bytes = file.tensor_bytes(&info.name)?.to_vec();
+            let mut matrix = QuantMatrix::new(info.dtype, rows, cols, bytes)
+                .map_err(|e| LlamaError::InvalidConfig { file: file.path().to_path_buf(), message: format!("{}: {e}", info.name) })?;
+            if let Some(heads) = heads.filter(|h| h * config.head_dim == rows) {
+                matrix = matrix.permute_rows(&unpermuted_order(heads, config.head_dim)?);
+            }
+            quantized.insert(name, matrix);
+            continue;
+        }
         let (shape, values) = file.dequantize(&info.name)?;
         let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let mut tensor = Tensor::f_from_slice(&values)?.f_reshape(dims.as_slice())?;
         drop(values);
-        if permuted && (name.contains(".q_proj.") || name.contains(".k_proj.")) {
-            let heads = if name.contains(".q_proj.") { config.num_heads } else { config.num_kv_heads };
+        if let Some(heads) = heads {
             tensor = unpermute_rows(tensor, heads, config.head_dim)?;
         }
         tensors.insert(name, tensor.f_to_device(device)?.f_to_kind(kind)?);
     }
-    Ok(tensors)
+    Ok((tensors, quantized))
+}
+
+/// Which stored row each row of an unpermuted q/k weight comes from: [`unpermute_rows`]
+/// applied to the row numbers themselves.
+fn unpermuted_order(heads: usize, head_dim: usize) -> Result<Vec<usize>, LlamaError> {
+    let rows = heads * head_dim;
+    let numbers = Tensor::f_arange(rows as i64, (Kind::Int64, Device::Cpu))?.f_reshape([rows as i64, 1])?;
+    let order = Vec::<i64>::try_from(&unpermute_rows(numbers, heads, head_dim)?.f_reshape([-1])?)?;
+    Ok(order.into_iter().map(|r| r as usize).collect())
 }
 
 /// Loads a `llama` or `qwen2` GGUF file, dequantised into `kind` on `device`.
 pub fn load_gguf(path: &Path, device: Device, kind: Kind) -> Result<Llama, LlamaError> {
+    load_gguf_as(path, device, kind, WeightFormat::Dequantized)
+}
+
+/// Loads a `llama` or `qwen2` GGUF file with its weights held as `format` says;
+/// [`WeightFormat::Quantized`] applies only on the CPU in f32 (elsewhere the weights are
+/// dequantised).
+pub fn load_gguf_as(path: &Path, device: Device, kind: Kind, format: WeightFormat) -> Result<Llama, LlamaError> {
     let file = GgufFile::open(path)?;
     let config = LlamaConfig::from_gguf(&file)?;
-    let tensors = read_gguf_weights(&file, &config, device, kind)?;
-    Llama::from_tensors(config, tensors, path, device, kind).map_err(with_gguf_name)
+    let keep_blocks = format == WeightFormat::Quantized && device == Device::Cpu && kind == Kind::Float;
+    let (tensors, quantized) = read_gguf(&file, &config, device, kind, keep_blocks)?;
+    Llama::from_weights(config, tensors, quantized, path, device, kind).map_err(with_gguf_name)
 }
 
 /// Names the tensor of an error as the GGUF file does, since that is what its reader

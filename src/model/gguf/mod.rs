@@ -4,6 +4,7 @@
 //! - [`reader`]: [`GgufFile`] memory-maps a GGUF v2/v3 file, checks every count, length and
 //!   offset against the file size, and hands out metadata and tensor bytes;
 //! - [`quant`]: [`GgmlType`] and the conversion of ggml's block formats to `f32`;
+//! - [`matmul`]: matrix products computed on the blocks themselves (the CPU decode path);
 //! - [`writer`]: [`GgufWriter`], which produces valid v3 files, so that tests can build small
 //!   models and quantisation fixtures without shipping binary files.
 //!
@@ -11,6 +12,7 @@
 //! a `u64` metadata count, the metadata key/value pairs, one descriptor per tensor, padding up to
 //! `general.alignment` (32 when absent), then the data section that tensor offsets point into.
 
+pub mod matmul;
 pub mod quant;
 pub mod reader;
 pub mod writer;
