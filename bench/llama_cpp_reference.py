@@ -23,6 +23,8 @@ PROMPTS = [
     CHAT.format(system="You are a helpful assistant.", user="Give me three tips for keeping bees in winter."),
     CHAT.format(system=SMOL, user="Write a two-line poem about the sea."),
     "Once upon a time, in a small village by the river,",
+    # The prompt the API tests send (no system message).
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
 ]
 NEW_TOKENS = 48
 
