@@ -89,11 +89,18 @@ bench/data/kjv.txt:
 
 bench-corpus: bench/data/kjv.txt
 
-# Inference benchmarks next to sentence-transformers and Hugging Face transformers
-# (installed into the venv for this only).
+# Inference benchmarks next to sentence-transformers, llama.cpp and Hugging Face
+# transformers (installed into the venv for this only). llama-cpp-python compiles
+# llama.cpp from source: portable flags (a native build crashed on a CPU with AMX), the
+# x86 extensions named so that it uses AVX2 and AVX-512 where the CPU has them.
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(if $(shell grep -qw avx512vnni /proc/cpuinfo && echo y),-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON) \
+	$(if $(shell grep -qw avx_vnni /proc/cpuinfo && echo y),-DGGML_AVX_VNNI=ON) -DLLAMA_CURL=OFF
 bench-compare: build bench-corpus
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q sentence-transformers transformers gguf accelerate
-	$(VENV)/bin/python bench/compare.py --engram $${CARGO_TARGET_DIR:-target}/release/engram
+	$(VENV)/bin/python -c 'import llama_cpp' 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" \
+		$(VENV)/bin/python -m pip install --disable-pip-version-check -q llama-cpp-python
+	$(VENV)/bin/python bench/compare.py --engram $${CARGO_TARGET_DIR:-target}/release/engram $(COMPARE_ARGS)
 
 # The store backends side by side under the same load: one node on sled, one and two
 # nodes on a Redis Cluster, the write-to-visible delay and the memory per 100,000

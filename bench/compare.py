@@ -3,8 +3,9 @@ implementations on the same inputs, and prints the ratios.
 
 - embeddings: sentence-transformers on the same MiniLM folder and the same corpus, at
   the same batch sizes;
-- generation: Hugging Face transformers' `generate` on the same GGUF (dequantised to
-  f32 by transformers), the same prompt token ids, greedy, the same number of new tokens.
+- generation: llama.cpp (llama-cpp-python, built from source) on the same GGUF file, the
+  same prompt token ids, greedy, the same number of new tokens and threads; and Hugging
+  Face transformers' `generate` on the same GGUF dequantised to f32 (`--transformers`).
 
 Run it with `make bench-compare`, which installs sentence-transformers, transformers and
 gguf into the venv (for benchmarking only) and writes the corpus first.
@@ -72,6 +73,31 @@ def bench_transformers(gguf_path, prompt_tokens, new_tokens):
     return prefill, decode
 
 
+def bench_llama_cpp(gguf_path, prompt_tokens, new_tokens, threads):
+    """llama.cpp's prefill and decode rates on the same file and prompt ids."""
+    from llama_cpp import Llama
+
+    model = Llama(model_path=gguf_path, n_ctx=prompt_tokens + new_tokens + 16, n_threads=threads,
+                  n_threads_batch=threads, n_batch=512, verbose=False)
+    vocab = model.n_vocab()
+    prompt = [100 + (i * 7919) % (vocab - 200) for i in range(prompt_tokens)]
+    model.reset()
+    started = time.perf_counter()
+    model.eval(prompt)
+    prefill = prompt_tokens / (time.perf_counter() - started)
+    # generate() prefills again first; the clock starts at its first token.
+    count, started = 0, None
+    for _ in model.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        count += 1
+        if count == 1:
+            started = time.perf_counter()
+        if count > new_tokens:
+            break
+    decode = new_tokens / (time.perf_counter() - started)
+    print(f"llama.cpp prefill: {prefill:.1f} tokens/s, decode: {decode:.1f} tokens/s")
+    return prefill, decode
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--engram", default="target/release/engram")
@@ -84,6 +110,7 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--skip-embed", action="store_true")
     p.add_argument("--skip-generate", action="store_true")
+    p.add_argument("--transformers", action="store_true", help="also time transformers' generate (slow)")
     a = p.parse_args()
 
     import torch
@@ -98,13 +125,19 @@ def main():
                   f"{theirs[r['batch']]:.1f} sentences/s = {ratio:.2f}x")
     if not a.skip_generate:
         ours = engram_json(
-            a.engram, ["generate", "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens)]
+            a.engram,
+            ["generate", "--model", a.gguf, "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens)],
         )
-        prefill, decode = bench_transformers(a.gguf, a.prompt_tokens, a.new_tokens)
-        print(f"prefill: engram {ours['prefill_tokens_per_s']:.1f} vs transformers {prefill:.1f} tokens/s "
-              f"= {ours['prefill_tokens_per_s'] / prefill:.2f}x")
-        print(f"decode:  engram {ours['decode_tokens_per_s']:.1f} vs transformers {decode:.1f} tokens/s "
-              f"= {ours['decode_tokens_per_s'] / decode:.2f}x")
+        others = [("llama.cpp", bench_llama_cpp(a.gguf, a.prompt_tokens, a.new_tokens, a.threads))]
+        if a.transformers:
+            others.append(("transformers", bench_transformers(a.gguf, a.prompt_tokens, a.new_tokens)))
+        # engram's first result is its default path (the file's quantised blocks on the CPU).
+        mine = ours["results"][0]
+        for name, (prefill, decode) in others:
+            print(f"prefill: engram ({mine['weights']}) {mine['prefill_tokens_per_s']:.1f} vs {name} {prefill:.1f} "
+                  f"tokens/s = {mine['prefill_tokens_per_s'] / prefill:.2f}x")
+            print(f"decode:  engram ({mine['weights']}) {mine['decode_tokens_per_s']:.1f} vs {name} {decode:.1f} "
+                  f"tokens/s = {mine['decode_tokens_per_s'] / decode:.2f}x")
 
 
 if __name__ == "__main__":

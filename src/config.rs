@@ -63,7 +63,10 @@ pub struct LogConfig {
 pub struct ModelConfig {
     pub device: String,
     pub threads: usize,
+    /// The chat model's compute precision on CUDA.
     pub cuda_dtype: CudaDtype,
+    /// The sentence encoder's compute precision on CUDA.
+    pub embedder_cuda_dtype: CudaDtype,
     pub embedder: PathBuf,
     pub embedder_queue: usize,
     pub embedder_max_batch_tokens: usize,

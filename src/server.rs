@@ -170,8 +170,9 @@ async fn open_store(config: StoreConfig, state: Arc<AppState>) -> anyhow::Result
 /// Loads the configured models side by side, each reported to `/readyz` once loaded.
 async fn load_models(config: &ModelConfig, device: ResolvedDevice, state: &AppState) -> anyhow::Result<Engine> {
     let kind = compute_kind(device, config.cuda_dtype);
+    let embedder_kind = compute_kind(device, config.embedder_cuda_dtype);
     let embedder = async {
-        let Some(load) = embedder_loader(config, device, kind) else { return Ok(None) };
+        let Some(load) = embedder_loader(config, device, embedder_kind) else { return Ok(None) };
         let embedder = on_own_thread("embedder", load).await??;
         state.startup.loaded("embedder");
         anyhow::Ok(Some(embedder))

@@ -110,7 +110,8 @@ fn greedy_output_matches_llama_cpp_on_the_same_file() {
         let text = case["prompt"].as_str().unwrap();
         let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(tokenizer.encode(text, false).unwrap(), ids, "llama.cpp tokenised {text:?} differently");
-        let reference: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let reference: Vec<u32> =
+            case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let ours = greedy(&model, &ids, reference.len());
         let agreement = compare(&ours, &reference);
         let our_tokens: Vec<u32> = ours.iter().map(|(t, _)| *t).collect();

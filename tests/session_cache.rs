@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use engram::model::chat_template::ChatMessage;
 use engram::model::generator::{GenerateRequest, GenerationSummary, GeneratorOptions};
+use engram::model::llama::ATTENTION_BLOCK;
+use engram::model::llama_loader::WeightFormat;
 use engram::model::prompt_cache::CacheKey;
 use engram::model::sampling::SamplingParams;
 use engram::model::{DeviceSpec, Generator};
@@ -14,7 +16,12 @@ use engram::model::{DeviceSpec, Generator};
 fn generator(cache_mb: usize) -> Generator {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let device = DeviceSpec::Cpu.resolve().unwrap();
-    let opts = GeneratorOptions { queue_capacity: 4, threads: 0, session_cache_bytes: cache_mb << 20 };
+    let opts = GeneratorOptions {
+        queue_capacity: 4,
+        threads: 0,
+        session_cache_bytes: cache_mb << 20,
+        weights: WeightFormat::Quantized,
+    };
     Generator::start(&path, device, tch::Kind::Float, opts).unwrap()
 }
 
@@ -22,8 +29,13 @@ fn key(scope: &str, session: &str) -> CacheKey {
     CacheKey { scope: scope.into(), session: session.into() }
 }
 
-const SYSTEM: &str = "You are a helpful assistant. Answer in one short sentence. Remember what the user \
-                      tells you about themselves and use it when they ask.";
+/// Longer than one attention block (64 tokens), so that sessions have a reusable prefix in
+/// common.
+const SYSTEM: &str = "You are a helpful assistant for people who keep bees, grow vegetables and look after \
+                      gardens. Answer in one or two short sentences, plainly, without lists. Remember what \
+                      the user tells you about themselves, their garden, their hives and their plans, and \
+                      use it when they ask. If you do not know something, say so rather than guess. Be \
+                      kind, practical and brief.";
 
 /// Runs the user's messages as one conversation, greedily; returns each reply and its
 /// summary.
@@ -43,6 +55,7 @@ fn converse(
             max_tokens: 24,
             sampling: SamplingParams::greedy(),
             cache_key: key.clone(),
+            logprobs: Some(0),
             ..Default::default()
         };
         let (reply, summary) = rt.block_on(g.generate_text(request)).unwrap();
@@ -67,15 +80,21 @@ fn greedy_replies_are_the_same_with_and_without_the_session_cache() {
     let fresh = converse(&rt, &g, None, &MESSAGES);
     for (turn, ((with, s_with), (without, s_without))) in cached.iter().zip(&fresh).enumerate() {
         assert_eq!(with, without, "turn {turn}: the reply changed with the cache");
+        // Not only the same choices: the same numbers, bit for bit (the quantised products
+        // and the block-aligned attention do not depend on how the prompt was split).
+        let logprobs = |s: &GenerationSummary| s.logprobs.iter().map(|l| l.token.logprob.to_bits()).collect::<Vec<_>>();
+        assert_eq!(logprobs(s_with), logprobs(s_without), "turn {turn}: log-probabilities differ");
         assert_eq!(s_with.prompt_tokens, s_without.prompt_tokens);
         assert_eq!(s_without.cached_tokens, 0, "turn {turn}: no key must reuse nothing");
         if turn == 0 {
             assert_eq!(s_with.cached_tokens, 0, "the first turn has nothing to reuse");
         } else {
-            // Everything up to the previous reply is shared: at least the previous prompt.
+            // The previous prompt is this one's prefix, and is reused in whole attention
+            // blocks (the previous reply's tokens are computed again: see the generator).
             let previous = cached[turn - 1].1.prompt_tokens;
-            assert!(
-                s_with.cached_tokens >= previous && s_with.cached_tokens < s_with.prompt_tokens,
+            assert_eq!(
+                s_with.cached_tokens,
+                previous / ATTENTION_BLOCK * ATTENTION_BLOCK,
                 "turn {turn}: {} of {} tokens reused, previous prompt {previous}",
                 s_with.cached_tokens,
                 s_with.prompt_tokens
@@ -97,7 +116,10 @@ fn a_forgotten_session_starts_over_and_scopes_share_nothing() {
     let other = converse(&rt, &g, Some(key("t", "b")), &["Tell me about owls."]);
     let system_tokens = g.count_tokens(&g.render_chat(&[ChatMessage::new("system", SYSTEM)], false).unwrap());
     let shared = other[0].1.cached_tokens;
-    assert!(shared > 0 && shared <= system_tokens + 3, "{shared} shared, system prompt {system_tokens} tokens");
+    assert!(
+        shared >= ATTENTION_BLOCK && shared <= system_tokens + 3,
+        "{shared} shared, system prompt {system_tokens} tokens"
+    );
     // Another scope: nothing, though its prompt is the same.
     let stranger = converse(&rt, &g, Some(key("u", "a")), &MESSAGES[..1]);
     assert_eq!(stranger[0].1.cached_tokens, 0);

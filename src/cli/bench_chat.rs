@@ -80,6 +80,7 @@ fn run(
 ) -> anyhow::Result<()> {
     let device = crate::server::resolve_device(&settings.model)?;
     let kind = crate::server::compute_kind(device, settings.model.cuda_dtype);
+    let embedder_kind = crate::server::compute_kind(device, settings.model.embedder_cuda_dtype);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut store_config = settings.store_config();
     store_config.backend = crate::store::BackendKind::Sled;
@@ -88,7 +89,7 @@ fn run(
     let embedder = Embedder::start(
         &settings.model.embedder,
         device,
-        kind,
+        embedder_kind,
         EmbedderOptions {
             queue_capacity: 16,
             max_batch_tokens: settings.model.embedder_max_batch_tokens,
@@ -107,12 +108,8 @@ fn run(
             weights: crate::server::weight_format(&settings.model),
         },
     )?;
-    let memory = MemoryService::new(
-        store.clone(),
-        Some(embedder),
-        settings.retrieval.clone(),
-        settings.limits.clone(),
-    )?;
+    let memory =
+        MemoryService::new(store.clone(), Some(embedder), settings.retrieval.clone(), settings.limits.clone())?;
     let mut chat_config = settings.chat.clone();
     // No compression during the run: a new summary changes the prompt's prefix, which
     // is a different measurement (it happens once every max_recent_turns / 2 turns).

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::model::llama_loader::WeightFormat;
 use crate::model::embedder::{Embedder, EmbedderOptions};
+use crate::model::llama_loader::WeightFormat;
 use crate::model::sampling::argmax;
 
 /// The sentences `bench embed` uses: one per line, blank lines skipped.
@@ -39,7 +39,8 @@ pub fn bench_embed(
     json_out: bool,
 ) -> anyhow::Result<()> {
     let texts = read_corpus(corpus, sentences)?;
-    let (device, kind) = device_and_kind(settings)?;
+    let (device, _) = device_and_kind(settings)?;
+    let kind = crate::server::compute_kind(device, settings.model.embedder_cuda_dtype);
     let opts = EmbedderOptions {
         queue_capacity: 4,
         max_batch_tokens: settings.model.embedder_max_batch_tokens,
@@ -153,7 +154,8 @@ pub fn bench_generate(
             100.0 * decode_rate / bound,
             load.as_secs_f64()
         );
-        results.push(json!({ "weights": label, "decode_tokens_per_s": decode_rate, "prefill_tokens_per_s": prefill_rate,
+        results
+            .push(json!({ "weights": label, "decode_tokens_per_s": decode_rate, "prefill_tokens_per_s": prefill_rate,
                              "bytes_per_token": bytes, "bandwidth_bound_tokens_per_s": bound, "tokens": generated }));
     }
     if let [quantized, dense] = results.as_slice() {

@@ -405,11 +405,8 @@ fn build_messages(req: &ContextRequest, lines: &[String], summary: Option<&str>,
         messages.push(ChatMessage::new("system", blocks.join("\n\n")));
     }
     messages.extend(req.recent_turns[sel.first_turn..].iter().map(|t| ChatMessage::new(&t.role, &t.content)));
-    let message = if lines.is_empty() {
-        req.message.to_string()
-    } else {
-        format!("{}\n\n{}", memory_block(lines), req.message)
-    };
+    let message =
+        if lines.is_empty() { req.message.to_string() } else { format!("{}\n\n{}", memory_block(lines), req.message) };
     messages.push(ChatMessage::new("user", message));
     messages
 }
@@ -528,9 +525,11 @@ mod tests {
         let req = ContextRequest { rolling_summary: Some("we talked about tea"), ..request(&mems, &ts, 1000) };
         let out = assemble(&req, &Fake::default()).unwrap();
 
-        let mut expected = vec![ChatMessage::new("system", "sys\n\nSummary of earlier conversation: we talked about tea")];
+        let mut expected =
+            vec![ChatMessage::new("system", "sys\n\nSummary of earlier conversation: we talked about tea")];
         expected.extend(ts.iter().map(|t| ChatMessage::new(&t.role, &t.content)));
-        let message = "Relevant memories:\n- [fact · 2026-11-29] beta fact here\n- [fact · 2026-11-29] alpha fact\n\nhi";
+        let message =
+            "Relevant memories:\n- [fact · 2026-11-29] beta fact here\n- [fact · 2026-11-29] alpha fact\n\nhi";
         expected.push(ChatMessage::new("user", message));
         assert_eq!(out.messages, expected);
         assert_eq!(out.prompt, Fake::default().render(&expected).unwrap());

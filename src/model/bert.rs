@@ -250,6 +250,10 @@ impl BertEncoder {
     }
 
     /// Length of the vectors [`embed`](Self::embed) returns (the hidden size).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     pub fn dimension(&self) -> usize {
         self.config.hidden_size
     }
@@ -282,6 +286,13 @@ impl BertEncoder {
     /// A cut input keeps its last token, so that a closing `[SEP]` survives as it does with
     /// the tokenizer's own truncation in sentence-transformers.
     pub fn embed(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, BertError> {
+        self.embed_padded(batch, 0)
+    }
+
+    /// [`BertEncoder::embed`] with every input padded to at least `width` tokens (never
+    /// past the length limit): on a GPU, forward passes of a few repeated shapes run
+    /// faster than many of distinct shapes (see `Embedder`'s chunking).
+    pub fn embed_padded(&self, batch: &[Vec<u32>], width: usize) -> Result<Vec<Vec<f32>>, BertError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -298,7 +309,8 @@ impl BertEncoder {
         // Where a fault in libtorch would strike (tests inject panics here).
         fail::fail_point!("embedder::forward");
         let _no_grad = tch::no_grad_guard();
-        let width = batch.iter().map(|ids| ids.len().min(self.max_seq_length)).max().unwrap_or(0);
+        let longest = batch.iter().map(|ids| ids.len().min(self.max_seq_length)).max().unwrap_or(0);
+        let width = longest.max(width.min(self.max_seq_length));
         let mut ids = vec![0i64; batch.len() * width];
         let mut real = vec![false; batch.len() * width];
         for (row, input) in batch.iter().enumerate() {

@@ -399,17 +399,22 @@ impl Worker {
         let mut lease = self
             .prompt_cache
             .lock()
-            .check_out(job.cache_key.as_ref(), &job.prompt_ids, || self.model.new_cache())
+            .check_out(job.cache_key.as_ref(), &job.prompt_ids, self.model.reuse_granularity(), || {
+                self.model.new_cache()
+            })
             .map_err(|e| format!("copying a cached prefix: {e}"))?;
         let cached_tokens = lease.reused;
         let mut logits =
             self.model.forward(&job.prompt_ids[cached_tokens..], &mut lease.kv).map_err(|e| e.to_string())?;
         let prefill = started.elapsed();
         // From here on the cache is handed back however the generation ends (a panic
-        // drops it instead), holding the tokens it has seen.
+        // drops it instead). It is kept for the prompt's positions only: the generated
+        // tokens' keys and values were computed one at a time, which gives numbers a hair
+        // apart from a prefill's, and the next turn's prompt holds the reply as text that
+        // a turn without the cache would prefill — replies must not depend on the cache.
         let mut history = job.prompt_ids.clone();
         let result = self.decode(&job, &mut lease.kv, &mut logits, &mut history);
-        self.prompt_cache.lock().check_in(lease, history);
+        self.prompt_cache.lock().check_in(lease, job.prompt_ids.clone());
         let (generated, finish, decode) = match result? {
             Decoded::Cancelled { completion_tokens } => return Ok(Outcome::Cancelled { completion_tokens }),
             Decoded::Finished { generated, finish, decode } => (generated, finish, decode),

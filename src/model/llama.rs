@@ -493,9 +493,6 @@ pub struct Llama {
     /// The threads quantised products run on (libtorch's own pool is not reachable from
     /// here); `None` when no weight is quantised.
     pool: Option<Threads>,
-    /// libtorch's thread count as loaded, and as last set by [`Llama::forward`]; see there.
-    torch_threads: i32,
-    torch_threads_now: std::cell::Cell<i32>,
 }
 
 /// Where token embeddings come from.
@@ -709,21 +706,7 @@ impl Llama {
         } else {
             None
         };
-        Ok(Llama {
-            config,
-            device,
-            kind,
-            embeddings,
-            layers,
-            norm,
-            lm_head,
-            rope_cos,
-            rope_sin,
-            parameter_count,
-            pool,
-            torch_threads: tch::get_num_threads(),
-            torch_threads_now: std::cell::Cell::new(tch::get_num_threads()),
-        })
+        Ok(Llama { config, device, kind, embeddings, layers, norm, lm_head, rope_cos, rope_sin, parameter_count, pool })
     }
 
     /// A model with random weights drawn from `seed`, for tests and for comparing devices:
@@ -828,7 +811,7 @@ impl Llama {
             return Err(LlamaError::TokenOutOfRange { id, vocab_size: self.config.vocab_size });
         }
         let _guard = tch::no_grad_guard();
-        self.pick_torch_threads(tokens.len());
+        self.pick_torch_threads();
         let logits = self.forward_tensor(tokens, cache)?;
         let logits = logits.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_reshape([-1])?;
         let logits = Vec::<f32>::try_from(&logits)?;
@@ -886,33 +869,26 @@ impl Llama {
             let keys = cache_k.f_narrow(1, 0, total)?; // [kv_heads, total, head_dim]
             let values = cache_v.f_narrow(1, 0, total)?;
 
-            let attended = if t == 1 && self.device == Device::Cpu {
-                // One query per head on the CPU: the fused kernel's grouped-query support
-                // copies every key and value head out to its query heads first (measured:
-                // decoding at 1,000 cached positions ran at half the speed of 100). Viewing
-                // the queries as [kv_heads, group, head_dim] needs no copy at all.
-                let group = heads / kv_heads;
-                let q = q.f_reshape([kv_heads, group, head_dim])?;
-                let scores = q.f_matmul(&keys.f_transpose(1, 2)?)?.f_mul_scalar(scale)?; // [kv, group, total]
-                scores.f_softmax(-1, self.kind)?.f_matmul(&values)?.f_reshape([1, heads * head_dim])?
+            let attended = if self.device == Device::Cpu && (t == 1 || self.pool.is_some()) {
+                attend_in_blocks(&q, &keys, &values, past, kv_heads, scale, self.kind)?
             } else {
-            // libtorch's fused attention: `enable_gqa` shares each key/value head among its
-            // query heads, and the fused kernels never materialise the prefill's
-            // [t, total] score matrix (twice the prefill speed of a plain softmax at 1000
-            // tokens on the CPU).
-            Tensor::f_scaled_dot_product_attention(
-                &q.f_transpose(0, 1)?.f_unsqueeze(0)?, // [1, heads, t, head_dim]
-                &keys.f_unsqueeze(0)?,
-                &values.f_unsqueeze(0)?,
-                mask.as_ref(),
-                0.0,
-                causal,
-                Some(scale),
-                true,
-            )?
-            .f_squeeze_dim(0)?
-            .f_transpose(0, 1)?
-            .f_reshape([t, heads * head_dim])?
+                // libtorch's fused attention: `enable_gqa` shares each key/value head among its
+                // query heads, and the fused kernels never materialise the prefill's
+                // [t, total] score matrix (twice the prefill speed of a plain softmax at 1000
+                // tokens on the CPU).
+                Tensor::f_scaled_dot_product_attention(
+                    &q.f_transpose(0, 1)?.f_unsqueeze(0)?, // [1, heads, t, head_dim]
+                    &keys.f_unsqueeze(0)?,
+                    &values.f_unsqueeze(0)?,
+                    mask.as_ref(),
+                    0.0,
+                    causal,
+                    Some(scale),
+                    true,
+                )?
+                .f_squeeze_dim(0)?
+                .f_transpose(0, 1)?
+                .f_reshape([t, heads * head_dim])?
             };
             let _ = x.f_add_(&block.o_proj.forward(&attended, pool)?)?;
 
@@ -928,20 +904,26 @@ impl Llama {
         self.lm_head.forward(&last, pool)
     }
 
-    /// With quantised weights the products run on [`Self::pool`]; what is left to libtorch
-    /// for a few tokens (norms, RoPE, attention over the cache) is too small to share, and
-    /// waking its OpenMP threads for each of those ops cost more than they saved (measured:
-    /// 85 against 99 tokens/s decoding SmolLM2 on two cores). So libtorch runs on this
-    /// thread alone below [`MANY_TOKENS`], and on all of its threads for a long prompt,
-    /// whose attention is real work. The setting is per thread (OpenMP's), and the model
-    /// is only ever run by one.
-    fn pick_torch_threads(&self, tokens: usize) {
-        if self.pool.is_none() || self.device != Device::Cpu {
-            return;
+    /// With quantised weights the products run on [`Self::pool`], and libtorch runs on
+    /// this thread alone: what is left to it (norms, RoPE, attention) is small at decode,
+    /// where waking its OpenMP threads for each op cost more than they saved (measured:
+    /// 85 against 99 tokens/s decoding SmolLM2 on two cores); and one thread count for
+    /// every call keeps a position's numbers the same however its prompt was split (see
+    /// [`attend_in_blocks`]). The setting is per thread (OpenMP's), and the model is only
+    /// ever run by one; it is made on the first call because the model may be loaded on
+    /// another thread than the one that runs it.
+    fn pick_torch_threads(&self) {
+        if self.pool.is_some() && self.device == Device::Cpu && tch::get_num_threads() != 1 {
+            tch::set_num_threads(1);
         }
-        let wanted = if tokens < MANY_TOKENS { 1 } else { self.torch_threads };
-        if self.torch_threads_now.replace(wanted) != wanted {
-            tch::set_num_threads(wanted);
+    }
+
+    /// Positions of a cached prefix are reusable in multiples of this: see [`attend_in_blocks`].
+    pub fn reuse_granularity(&self) -> usize {
+        if self.device == Device::Cpu {
+            ATTENTION_BLOCK
+        } else {
+            1
         }
     }
 
@@ -971,7 +953,9 @@ impl Llama {
             + self
                 .layers
                 .iter()
-                .map(|b| b.qkv.weight_bytes() + b.o_proj.weight_bytes() + b.gate_up.weight_bytes() + b.down.weight_bytes())
+                .map(|b| {
+                    b.qkv.weight_bytes() + b.o_proj.weight_bytes() + b.gate_up.weight_bytes() + b.down.weight_bytes()
+                })
                 .sum::<usize>()
     }
 
@@ -981,8 +965,70 @@ impl Llama {
     }
 }
 
-/// Prompts at least this long give libtorch all of its threads (see [`Llama::pick_torch_threads`]).
-const MANY_TOKENS: usize = 256;
+/// Queries are attended in blocks of this many positions, aligned to multiples of it (see
+/// [`attend_in_blocks`]); a reused cache prefix is cut to a multiple of it.
+pub const ATTENTION_BLOCK: usize = 64;
+
+/// Attention of queries `q` (`[t, heads, head_dim]`, at positions `past..past + t`) over
+/// the cached `keys` and `values` (`[kv_heads, past + t, head_dim]`), on the CPU; returns
+/// `[t, heads * head_dim]`.
+///
+/// Two reasons to do it here rather than in libtorch's fused kernel:
+/// - grouped-query attention without copies: the queries of a key/value head's group are
+///   viewed as rows of one matrix, where the fused kernel first copies every key and value
+///   head out to its query heads (decoding at 1,000 cached positions ran at half the speed
+///   of 100 that way);
+/// - the same numbers however a prompt is split: queries go in blocks aligned to absolute
+///   positions (multiples of [`ATTENTION_BLOCK`]), so a position is computed by the same
+///   products over the same operands whether the whole prompt runs at once or a cached,
+///   aligned prefix is reused; with the quantised products (row by row by design) a
+///   session's cache then changes no reply (tests/session_cache.rs).
+fn attend_in_blocks(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    past: i64,
+    kv_heads: i64,
+    scale: f64,
+    kind: Kind,
+) -> Result<Tensor, TchError> {
+    let (t, heads, head_dim) = q.size3()?;
+    let group = heads / kv_heads;
+    let block = ATTENTION_BLOCK as i64;
+    let mut outputs = Vec::new();
+    let mut start = past;
+    while start < past + t {
+        let end = ((start / block + 1) * block).min(past + t);
+        let rows = end - start;
+        // [rows, heads, hd] → [kv_heads, group * rows, hd]: head h is (h / group, h % group).
+        let qb = q
+            .f_narrow(0, start - past, rows)?
+            .f_reshape([rows, kv_heads, group, head_dim])?
+            .f_permute([1, 2, 0, 3])?
+            .f_reshape([kv_heads, group * rows, head_dim])?;
+        let kb = keys.f_narrow(1, 0, end)?;
+        let vb = values.f_narrow(1, 0, end)?;
+        let mut scores = qb.f_matmul(&kb.f_transpose(1, 2)?)?.f_mul_scalar(scale)?; // [kv, group*rows, end]
+        if rows > 1 {
+            // Row r (position start + r) sees keys 0..=start + r.
+            let mask = Tensor::f_full([rows, end], f64::NEG_INFINITY, (kind, Device::Cpu))?.f_triu(start + 1)?;
+            scores =
+                scores.f_view([kv_heads, group, rows, end])?.f_add(&mask)?.f_view([kv_heads, group * rows, end])?;
+        }
+        let out = scores.f_softmax(-1, kind)?.f_matmul(&vb)?; // [kv, group*rows, hd]
+        outputs.push(
+            out.f_view([kv_heads, group, rows, head_dim])?
+                .f_permute([2, 0, 1, 3])?
+                .f_reshape([rows, heads * head_dim])?,
+        );
+        start = end;
+    }
+    if outputs.len() == 1 {
+        Ok(outputs.pop().unwrap())
+    } else {
+        Tensor::f_cat(&outputs, 0)
+    }
+}
 
 /// The RoPE tables for every position the model accepts; see the fields of [`Llama`].
 fn rope_tables(config: &LlamaConfig, device: Device, kind: Kind) -> Result<(Tensor, Tensor), TchError> {

@@ -438,8 +438,9 @@ fn read_gguf(
             // `shape` is row-major (outermost first): [rows, cols].
             let (rows, cols) = (shape[0], shape[1]);
             let bytes = file.tensor_bytes(&info.name)?.to_vec();
-            let mut matrix = QuantMatrix::new(info.dtype, rows, cols, bytes)
-                .map_err(|e| LlamaError::InvalidConfig { file: file.path().to_path_buf(), message: format!("{}: {e}", info.name) })?;
+            let mut matrix = QuantMatrix::new(info.dtype, rows, cols, bytes).map_err(|e| {
+                LlamaError::InvalidConfig { file: file.path().to_path_buf(), message: format!("{}: {e}", info.name) }
+            })?;
             if let Some(heads) = heads.filter(|h| h * config.head_dim == rows) {
                 matrix = matrix.permute_rows(&unpermuted_order(heads, config.head_dim)?);
             }

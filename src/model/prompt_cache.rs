@@ -86,24 +86,29 @@ impl PromptCache {
 
     /// A cache for `prompt`: the session's own, or a copy of the longest prefix shared
     /// with another cache of its scope, or `fresh()`; cut back to what `prompt` shares
-    /// with it, and always leaving at least the last prompt token to compute (its logits
-    /// start the generation). Without a key, or with reuse off, always `fresh()`.
+    /// with it, rounded down to a multiple of `granularity` (the model's, see
+    /// `Llama::reuse_granularity`), and always leaving at least the last prompt token to
+    /// compute (its logits start the generation). Without a key, or with reuse off,
+    /// always `fresh()`.
     pub fn check_out(
         &mut self,
         key: Option<&CacheKey>,
         prompt: &[u32],
+        granularity: usize,
         fresh: impl FnOnce() -> KvCache,
     ) -> Result<Lease, tch::TchError> {
         // One generation at a time: nothing checked out is older than this, so forgets
         // before now are settled.
         self.recent_forgets.clear();
         let forgets_seen = self.forgets;
+        let granularity = granularity.max(1);
         let usable = prompt.len().saturating_sub(1);
+        let reusable = |tokens: &[u32]| common_prefix(tokens, prompt).min(usable) / granularity * granularity;
         let lease = |kv: KvCache, reused: usize| Lease { key: key.cloned(), kv, reused, forgets_seen };
         let Some(key) = key.filter(|_| self.budget_bytes > 0) else { return Ok(lease(fresh(), 0)) };
         if let Some(own) = self.parked.remove(key) {
             let mut kv = own.kv;
-            let reused = common_prefix(&own.tokens, prompt).min(usable);
+            let reused = reusable(&own.tokens);
             kv.truncate(reused);
             return Ok(lease(kv, reused));
         }
@@ -111,7 +116,7 @@ impl PromptCache {
             .parked
             .iter()
             .filter(|(k, _)| k.scope == key.scope)
-            .map(|(_, p)| (common_prefix(&p.tokens, prompt).min(usable), p))
+            .map(|(_, p)| (reusable(&p.tokens), p))
             .max_by_key(|(shared, _)| *shared);
         match donor {
             Some((shared, p)) if shared > 0 => Ok(lease(p.kv.fork(shared)?, shared)),
@@ -119,11 +124,11 @@ impl PromptCache {
         }
     }
 
-    /// Parks a lease's cache again, holding `tokens` (the prompt and the generated tokens
-    /// the cache has seen; cut to the cache's length). Dropped instead when its session
-    /// was forgotten meanwhile or it has no key; then the least recently used caches are
-    /// dropped until the budget holds.
-    pub fn check_in(&mut self, lease: Lease, mut tokens: Vec<u32>) {
+    /// Parks a lease's cache again, to be reused for `tokens`: the tokens of its first
+    /// positions (later positions are let go; `tokens` is cut to the cache's length).
+    /// Dropped instead when its session was forgotten meanwhile or it has no key; then the
+    /// least recently used caches are dropped until the budget holds.
+    pub fn check_in(&mut self, mut lease: Lease, mut tokens: Vec<u32>) {
         let Some(key) = lease.key else { return };
         let forgotten = self.recent_forgets.iter().any(|f| {
             f.seq > lease.forgets_seen && f.scope == key.scope && f.session.as_ref().is_none_or(|s| *s == key.session)
@@ -132,9 +137,7 @@ impl PromptCache {
             return;
         }
         tokens.truncate(lease.kv.len());
-        if tokens.len() < lease.kv.len() {
-            return; // the caller's account does not match the cache: do not trust it
-        }
+        lease.kv.truncate(tokens.len());
         self.clock += 1;
         self.parked.insert(key, Parked { tokens, kv: lease.kv, last_used: self.clock });
         let mut total: usize = self.parked.values().map(|p| p.kv.bytes()).sum();
@@ -201,7 +204,7 @@ mod tests {
 
     /// Checks out, runs the uncomputed part of `prompt`, checks in; returns what was reused.
     fn turn(cache: &mut PromptCache, m: &Llama, k: Option<&CacheKey>, prompt: &[u32]) -> usize {
-        let mut lease = cache.check_out(k, prompt, || m.new_cache()).unwrap();
+        let mut lease = cache.check_out(k, prompt, 1, || m.new_cache()).unwrap();
         let reused = lease.reused;
         m.forward(&prompt[reused..], &mut lease.kv).unwrap();
         cache.check_in(lease, prompt.to_vec());
@@ -222,6 +225,23 @@ mod tests {
         // No key: nothing reused, nothing parked.
         assert_eq!(turn(&mut cache, &m, None, &[1, 2, 9, 9, 7]), 0);
         assert_eq!(cache.stats().sessions, 1);
+    }
+
+    #[test]
+    fn reuse_is_cut_to_the_granularity() {
+        let m = model();
+        let mut cache = PromptCache::new(1 << 30);
+        let a = key("t", "a");
+        let prompt: Vec<u32> = (1..=20).collect();
+        let lease = cache.check_out(Some(&a), &prompt, 8, || m.new_cache()).unwrap();
+        cache.check_in(lease, Vec::new());
+        let mut lease = cache.check_out(Some(&a), &prompt, 8, || m.new_cache()).unwrap();
+        m.forward(&prompt, &mut lease.kv).unwrap();
+        cache.check_in(lease, prompt.clone());
+        // 19 usable positions, cut to 16.
+        let lease = cache.check_out(Some(&a), &prompt, 8, || m.new_cache()).unwrap();
+        assert_eq!(lease.reused, 16);
+        assert_eq!(lease.kv.len(), 16);
     }
 
     #[test]
@@ -270,7 +290,7 @@ mod tests {
         // b remains, and a's next turn can only fork from b's shared prefix.
         assert_eq!(cache.stats().sessions, 1);
         // A lease out while its session is forgotten is not parked again.
-        let lease = cache.check_out(Some(&b), &[1, 2, 3, 4], || m.new_cache()).unwrap();
+        let lease = cache.check_out(Some(&b), &[1, 2, 3, 4], 1, || m.new_cache()).unwrap();
         assert_eq!(lease.reused, 3);
         cache.forget_session("t", "b");
         cache.check_in(lease, vec![1, 2, 3]);
@@ -278,12 +298,12 @@ mod tests {
         // A whole scope.
         turn(&mut cache, &m, Some(&a), &[1, 2, 3]);
         turn(&mut cache, &m, Some(&key("u", "x")), &[1, 2, 3]);
-        let lease = cache.check_out(Some(&a), &[1, 2, 3, 4], || m.new_cache()).unwrap();
+        let lease = cache.check_out(Some(&a), &[1, 2, 3, 4], 1, || m.new_cache()).unwrap();
         cache.forget_scope("t");
         cache.check_in(lease, vec![1, 2, 3]);
         assert_eq!(cache.stats().sessions, 1);
         // A forget of another session does not touch a lease.
-        let lease = cache.check_out(Some(&key("u", "x")), &[1, 2, 3, 4], || m.new_cache()).unwrap();
+        let lease = cache.check_out(Some(&key("u", "x")), &[1, 2, 3, 4], 1, || m.new_cache()).unwrap();
         cache.forget_session("u", "y");
         cache.check_in(lease, vec![1, 2, 3]);
         assert_eq!(cache.stats().sessions, 1);
