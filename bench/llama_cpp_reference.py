@@ -30,10 +30,15 @@ NEW_TOKENS = 48
 
 
 def main(path, out):
-    model = Llama(model_path=path, n_ctx=1024, n_threads=2, n_batch=512, logits_all=False, verbose=False)
+    model = Llama(model_path=path, n_ctx=1024, n_threads=2, n_batch=512, logits_all=True, verbose=False)
     cases = []
     for text in PROMPTS:
         ids = model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        # The next-token logits after the prompt: the ten highest, as (id, logit).
+        model.reset()
+        model.eval(ids)
+        first = model.scores[model.n_tokens - 1]
+        top = sorted(range(len(first)), key=lambda i: -first[i])[:10]
         model.reset()
         tokens = []
         for token in model.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True):
@@ -41,6 +46,7 @@ def main(path, out):
                 break
             tokens.append(token)
         cases.append({"prompt": text, "prompt_ids": ids, "tokens": tokens,
+                      "first_logits": [[i, float(first[i])] for i in top],
                       "text": model.detokenize(tokens).decode("utf-8", "replace")})
         print(json.dumps(cases[-1]["text"]))
     import llama_cpp

@@ -20,10 +20,13 @@ use engram::model::tokenizer::TextTokenizer;
 use serde_json::Value;
 use tch::{Device, Kind};
 
-/// Logit gap under which two tokens count as tied. The int8 activations and the order of
-/// summation move SmolLM2's logits by a few hundredths (f32 against quantised: see
-/// `quantized_logits_follow_the_f32_reference`); a tenth of a logit is several times that.
-const NEAR_TIE: f32 = 0.1;
+/// Logit gap under which two tokens count as tied: what the gaps between logits may
+/// differ by between engram and llama.cpp on the same file and prompt
+/// (`logits_agree_with_llama_cpp` holds them to it; 0.46 measured, on prompts whose best
+/// logits are 25–31). Both quantise activations to 8 bits per block, but llama.cpp keeps
+/// its attention cache in f16 where engram keeps f32, and they sum in different orders; a
+/// choice between tokens closer than that is a coin toss between the two implementations.
+const NEAR_TIE: f32 = 0.5;
 
 fn smollm_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -132,6 +135,34 @@ fn greedy_output_matches_llama_cpp_on_the_same_file() {
     // of 0.042, 0.012 and 0.002 logits after 14, 19 and 1 tokens. A tie can fall either
     // way on another CPU, but at least one continuation must agree to the end.
     assert!(identical >= 1, "no continuation agreed to the end");
+}
+
+#[test]
+fn logits_agree_with_llama_cpp() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama_cpp_greedy.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let model = quantized();
+    let mut worst = 0f32;
+    for case in doc["cases"].as_array().unwrap() {
+        let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let mut cache = model.new_cache();
+        let logits = model.forward(&ids, &mut cache).unwrap();
+        // Choices depend on differences between logits, so each side is taken relative to
+        // its own logit for llama.cpp's best token (a shift common to all cancels).
+        let pairs: Vec<(usize, f32)> = case["first_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
+            .collect();
+        let (best, best_theirs) = pairs[0];
+        for (id, theirs) in pairs {
+            let ours = logits[id] - logits[best];
+            worst = worst.max((ours - (theirs - best_theirs)).abs());
+        }
+    }
+    eprintln!("largest difference from llama.cpp in the gaps among the ten best next tokens: {worst}");
+    assert!(worst < NEAR_TIE, "engram's logits differ from llama.cpp's by {worst}");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::decode_attention::{self, CacheView};
 use super::gguf::matmul::{QuantMatrix, Threads};
 use super::gguf::GgufError;
 
@@ -869,7 +870,25 @@ impl Llama {
             let keys = cache_k.f_narrow(1, 0, total)?; // [kv_heads, total, head_dim]
             let values = cache_v.f_narrow(1, 0, total)?;
 
-            let attended = if self.device == Device::Cpu && (t == 1 || self.pool.is_some()) {
+            let attended = if let (1, Some(threads)) = (t, pool) {
+                let query = Vec::<f32>::try_from(&q.f_contiguous()?.f_reshape([-1])?)?;
+                let capacity = cache_k.size()[1] as usize;
+                let n = (kv_heads * head_dim) as usize * capacity;
+                // SAFETY: the cache's tensors are contiguous f32 `[kv_heads, capacity,
+                // head_dim]` on the CPU (made so by `KvCache::reserve`, and a quantised
+                // model is f32 on the CPU), alive for this call, and not written during it.
+                let view = unsafe {
+                    CacheView {
+                        keys: std::slice::from_raw_parts(cache_k.data_ptr() as *const f32, n),
+                        values: std::slice::from_raw_parts(cache_v.data_ptr() as *const f32, n),
+                        capacity,
+                    }
+                };
+                let out = decode_attention::attend(
+                    threads, &query, &view, total as usize, heads as usize, kv_heads as usize, scale as f32,
+                );
+                Tensor::f_from_slice(&out)?.f_reshape([1, heads * head_dim])?
+            } else if self.device == Device::Cpu && (t == 1 || self.pool.is_some()) {
                 attend_in_blocks(&q, &keys, &values, past, kv_heads, scale, self.kind)?
             } else {
                 // libtorch's fused attention: `enable_gqa` shares each key/value head among its

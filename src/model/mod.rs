@@ -12,6 +12,7 @@
 
 pub mod bert;
 pub mod chat_template;
+mod decode_attention;
 mod device;
 pub mod embedder;
 mod engine_error;
