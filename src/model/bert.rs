@@ -175,7 +175,16 @@ pub struct BertEncoder {
     normalize: bool,
     max_seq_length: usize,
     parameter_count: usize,
+    /// libtorch's thread count when loaded: what a large batch runs on (see [`SMALL_PASS`]).
+    threads: i32,
 }
+
+/// Padded tokens up to which a forward pass on the CPU runs on one thread. Waking
+/// libtorch's (passive) OpenMP threads for each of a small pass's ~100 ops costs more than
+/// sharing them saves: one sentence embedded at 95/s on one thread against 84/s on two,
+/// while batches of 32 ran at 136/s on one against 185/s on two (`engram bench embed`,
+/// 2-core machine).
+const SMALL_PASS: usize = 128;
 
 impl fmt::Debug for BertEncoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -246,6 +255,7 @@ impl BertEncoder {
             pooling,
             normalize,
             max_seq_length,
+            threads: tch::get_num_threads(),
         })
     }
 
@@ -311,6 +321,13 @@ impl BertEncoder {
         let _no_grad = tch::no_grad_guard();
         let longest = batch.iter().map(|ids| ids.len().min(self.max_seq_length)).max().unwrap_or(0);
         let width = longest.max(width.min(self.max_seq_length));
+        if self.device == Device::Cpu {
+            // Per thread (OpenMP's setting), and the encoder runs on one thread.
+            let wanted = if batch.len() * width <= SMALL_PASS { 1 } else { self.threads };
+            if tch::get_num_threads() != wanted {
+                tch::set_num_threads(wanted);
+            }
+        }
         let mut ids = vec![0i64; batch.len() * width];
         let mut real = vec![false; batch.len() * width];
         for (row, input) in batch.iter().enumerate() {
