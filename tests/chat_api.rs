@@ -147,3 +147,35 @@ fn facts_cross_sessions_of_one_user_only_and_long_sessions_are_summarised() {
         assert!(answer["error"]["message"].as_str().unwrap_or_default().contains(needle), "{answer}");
     }
 }
+
+#[test]
+fn a_sessions_attention_cache_is_reused_and_dropped_with_the_session_or_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("ENGRAM_AUTH__KEYS", "acme=acme-key,globex=globex-key")]);
+    server.wait_ready();
+    // Long enough that the first prompt fills more than one 64-token block.
+    let message = "I am planning a vegetable garden on a north-facing slope with heavy clay soil, \
+                   two apple trees at the top, a shed that blocks the morning sun, and a small pond \
+                   at the bottom where frogs live. Which vegetables should I start with?";
+    let turn = |key, user: &str, session: &str| {
+        let body = json!({ "user_id": user, "session_id": session, "message": message, "max_tokens": 8,
+                           "temperature": 0 });
+        chat(&server, key, body)["usage"]["cached_tokens"].as_u64().unwrap()
+    };
+    assert_eq!(turn(ACME, "bo", "garden"), 0, "a first turn has nothing to reuse");
+    let reused = turn(ACME, "bo", "garden");
+    assert!(reused >= 64, "the second turn reuses the first prompt: {reused}");
+    // Another tenant with the same session id and words starts from nothing.
+    assert_eq!(turn(GLOBEX, "bo", "garden"), 0);
+
+    // Deleting the session drops its cache: the same id starts over.
+    let (status, body) = server.call("DELETE", "/v1/sessions/garden", ACME, None);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(turn(ACME, "bo", "garden"), 0, "a deleted session's cache was reused");
+
+    // Erasing the user drops it too.
+    assert!(turn(ACME, "bo", "garden") >= 64);
+    let (status, body) = server.call("DELETE", "/v1/memories?user_id=bo", ACME, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(turn(ACME, "bo", "garden"), 0, "an erased user's cache was reused");
+}

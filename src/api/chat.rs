@@ -149,6 +149,11 @@ pub async fn delete_session(
 ) -> Result<StatusCode, ApiError> {
     let memory = state.ready_memory()?.clone();
     let existed = memory.delete_session(&tenant, &id).await?;
+    // Also done when the deletion's commit reaches the store's observers; here it holds
+    // before the answer even where that takes a moment (a shared store's change feed).
+    if let Some(generator) = state.engine().and_then(|e| e.generator.as_ref()) {
+        generator.forget_session(&tenant, &id);
+    }
     if existed {
         Ok(StatusCode::NO_CONTENT)
     } else {

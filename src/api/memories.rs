@@ -149,6 +149,12 @@ pub async fn erase_user(
     let memory = state.ready_memory()?;
     let user = q.user_id.filter(|u| !u.is_empty()).ok_or_else(|| ApiError::bad_request("user_id is required"))?;
     let deleted = memory.erase_user(&tenant, &user).await?;
+    // The user's sessions' attention caches go with them before the answer (the commit's
+    // observers do it too, but on a shared store only when its change feed arrives). The
+    // caches are keyed by session, not user: the tenant's are dropped, a cost in speed only.
+    if let Some(generator) = state.engine().and_then(|e| e.generator.as_ref()) {
+        generator.forget_scope(&tenant);
+    }
     Ok(Json(json!({ "user_id": user, "deleted_memories": deleted })))
 }
 
