@@ -328,7 +328,7 @@ fn convert_q4_1(src: &[u8], dst: &mut [f32]) {
 /// their low 4 bits from the nibbles of bytes 8–11 and their top 2 bits from the spare top bits
 /// of bytes 0–7.
 #[inline(always)]
-fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+pub(crate) fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use super::super::quant::GgmlType;
+use super::super::quant::{k_scale_min, GgmlType};
 use super::activations::{QK, QK_K};
 use super::{float_at, half_at, Job, Kernel};
 
@@ -142,16 +142,6 @@ struct KBlock {
     min: [i32; 8],
     d: f32,
     dmin: f32,
-}
-
-/// Scale and min of sub-block `j` of a Q4_K/Q5_K block (6 bits each; see quant.rs).
-#[inline(always)]
-fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-    }
 }
 
 #[inline(always)]
