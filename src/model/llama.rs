@@ -885,7 +885,13 @@ impl Llama {
                     }
                 };
                 let out = decode_attention::attend(
-                    threads, &query, &view, total as usize, heads as usize, kv_heads as usize, scale as f32,
+                    threads,
+                    &query,
+                    &view,
+                    total as usize,
+                    heads as usize,
+                    kv_heads as usize,
+                    scale as f32,
                 );
                 Tensor::f_from_slice(&out)?.f_reshape([1, heads * head_dim])?
             } else if self.device == Device::Cpu && (t == 1 || self.pool.is_some()) {
