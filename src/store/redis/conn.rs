@@ -4,12 +4,14 @@
 //! the CLI — can wait on it from any thread.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, FromRedisValue, Script};
+use redis::{Cmd, FromRedisValue, RedisError, Script};
 
 use crate::store::error::{Result, StoreError};
 
@@ -64,8 +66,63 @@ pub enum Reply {
 #[derive(Clone)]
 pub struct Conn {
     handle: tokio::runtime::Handle,
-    conn: ClusterConnection,
+    link: Arc<Link>,
     commit: Script,
+}
+
+/// After this many requests in a row time out, the connection is rebuilt from scratch.
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
+/// The live cluster connection and what it takes to replace it. The client library
+/// repairs its own node connections and slot map after a failover, but on a loaded
+/// machine it has been seen to go on timing out every request for minutes after the
+/// dead master came back as a replica; a new connection, which reads the slot map
+/// afresh and opens new sockets, answers at once.
+struct Link {
+    client: ClusterClient,
+    current: RwLock<ClusterConnection>,
+    timeouts_in_a_row: AtomicU32,
+    reconnecting: AtomicBool,
+}
+
+impl Link {
+    fn current(&self) -> ClusterConnection {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts timeouts in a row; a success resets the count.
+    fn observe<T>(self: &Arc<Self>, result: &std::result::Result<T, RedisError>, handle: &tokio::runtime::Handle) {
+        match result {
+            Err(e) if e.is_timeout() => {
+                let n = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= TIMEOUTS_BEFORE_RECONNECT && !self.reconnecting.swap(true, Ordering::AcqRel) {
+                    let link = self.clone();
+                    handle.spawn(async move { link.reconnect().await });
+                }
+            }
+            Err(_) => {}
+            Ok(_) => self.timeouts_in_a_row.store(0, Ordering::Relaxed),
+        }
+    }
+
+    async fn reconnect(&self) {
+        tracing::warn!(
+            timeouts = self.timeouts_in_a_row.load(Ordering::Relaxed),
+            "redis cluster requests keep timing out; opening a new connection"
+        );
+        match tokio::time::timeout(Duration::from_secs(10), self.client.get_async_connection()).await {
+            Ok(Ok(fresh)) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                tracing::info!("reconnected to the redis cluster");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reconnecting to the redis cluster failed; the old connection stays")
+            }
+            Err(_) => tracing::warn!("reconnecting to the redis cluster took over 10 s; the old connection stays"),
+        }
+        self.reconnecting.store(false, Ordering::Release);
+    }
 }
 
 /// Keeps the connection's runtime alive (dropped with the store).
@@ -114,26 +171,39 @@ impl Conn {
                     .map_err(unavailable)
             })
             .map_err(|e| StoreError::Unavailable(format!("connecting to {}: {e}", urls.join(", "))))?;
-        let conn = Conn { handle: runtime.handle().clone(), conn, commit: Script::new(COMMIT_LUA) };
+        let link = Link {
+            client,
+            current: RwLock::new(conn),
+            timeouts_in_a_row: AtomicU32::new(0),
+            reconnecting: AtomicBool::new(false),
+        };
+        let conn = Conn { handle: runtime.handle().clone(), link: Arc::new(link), commit: Script::new(COMMIT_LUA) };
         Ok((conn, ConnRuntime(Some(runtime))))
     }
 
     /// Runs `f` on the connection's runtime and waits for it from this thread.
-    pub fn block<T: Send + 'static>(
+    fn block<T: Send + 'static>(
         &self,
-        f: impl FnOnce(ClusterConnection) -> std::pin::Pin<Box<dyn Future<Output = T> + Send>> + Send + 'static,
-    ) -> T {
+        f: impl FnOnce(
+                ClusterConnection,
+            ) -> std::pin::Pin<Box<dyn Future<Output = std::result::Result<T, RedisError>> + Send>>
+            + Send
+            + 'static,
+    ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let conn = self.conn.clone();
+        let conn = self.link.current();
+        let (link, handle) = (self.link.clone(), self.handle.clone());
         self.handle.spawn(async move {
-            let _ = tx.send(f(conn).await);
+            let result = f(conn).await;
+            link.observe(&result, &handle);
+            let _ = tx.send(result);
         });
-        rx.recv().expect("the redis runtime dropped a request")
+        rx.recv().expect("the redis runtime dropped a request").map_err(unavailable)
     }
 
     /// One command, routed by its key.
     pub fn query<T: FromRedisValue + Send + 'static>(&self, cmd: Cmd) -> Result<T> {
-        self.block(move |mut c| Box::pin(async move { cmd.query_async::<T>(&mut c).await.map_err(unavailable) }))
+        self.block(move |mut c| Box::pin(async move { cmd.query_async::<T>(&mut c).await }))
     }
 
     /// One command, sent to the master of `key`'s slot whatever the command's own keys
@@ -145,8 +215,8 @@ impl Conn {
         )));
         self.block(move |mut c| {
             Box::pin(async move {
-                let value = c.route_command(cmd, route).await.map_err(unavailable)?;
-                redis::from_redis_value::<T>(value).map_err(unavailable)
+                let value = c.route_command(cmd, route).await?;
+                Ok(redis::from_redis_value::<T>(value)?)
             })
         })
     }
@@ -165,7 +235,7 @@ impl Conn {
                     .collect();
                 let mut out = Vec::with_capacity(tasks.len());
                 for task in tasks {
-                    out.push(task.await.map_err(unavailable)?.map_err(unavailable)?);
+                    out.push(task.await.map_err(|e| RedisError::from(std::io::Error::other(e)))??);
                 }
                 Ok(out)
             })
@@ -186,7 +256,7 @@ impl Conn {
                 for a in &args {
                     invocation.arg(a.as_slice());
                 }
-                let reply: Vec<String> = invocation.invoke_async(&mut c).await.map_err(unavailable)?;
+                let reply: Vec<String> = invocation.invoke_async(&mut c).await?;
                 if reply.first().map(String::as_str) == Some("conflict") {
                     return Ok(Reply::Conflict(reply.get(1).cloned().unwrap_or_default()));
                 }
