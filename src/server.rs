@@ -64,12 +64,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let outcome = match started {
         Some(Ok(())) => {
             tracing::info!("ready");
-            let saver = state
+            let chores: Vec<_> = state
                 .store()
-                .map(|s| tokio::spawn(save_index_periodically(s.clone(), settings.store.index_save_interval_secs)));
+                .map(|s| {
+                    vec![
+                        tokio::spawn(save_index_periodically(s.clone(), settings.store.index_save_interval_secs)),
+                        tokio::spawn(purge_expired_periodically(s.clone(), settings.store.expiry_purge_interval_secs)),
+                    ]
+                })
+                .unwrap_or_default();
             shutdown.requested().await;
-            if let Some(saver) = saver {
-                saver.abort();
+            for chore in chores {
+                chore.abort();
             }
             Ok(())
         }
@@ -308,6 +314,37 @@ async fn save_index_periodically(store: Arc<dyn MemoryStore>, every_secs: u64) {
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::error!("saving the vector index: {e}"),
             Err(e) => tracing::error!("index save task failed: {e}"),
+        }
+    }
+}
+
+/// Deletes expired memories in bounded batches, so one sweep never holds the store for
+/// long; a full batch is followed at once by the next.
+async fn purge_expired_periodically(store: Arc<dyn MemoryStore>, every_secs: u64) {
+    const BATCH: usize = 256;
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs.max(1)));
+    loop {
+        tick.tick().await;
+        loop {
+            let store = store.clone();
+            let now = crate::store::records::now_ms();
+            match tokio::task::spawn_blocking(move || store.purge_expired(now, BATCH)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => {
+                    tracing::info!(deleted = n, "expired memories purged");
+                    if n < BATCH {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("purging expired memories: {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("expiry purge task failed: {e}");
+                    break;
+                }
+            }
         }
     }
 }

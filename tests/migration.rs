@@ -58,13 +58,13 @@ fn write_v1_db(dir: &std::path::Path, texts: &[&str], vectors: &[Vec<f32>]) -> V
 
 #[test]
 fn a_version_1_database_is_migrated_at_open() {
-    assert_eq!(CURRENT_SCHEMA_VERSION, 3, "update this test when adding a migration");
+    assert_eq!(CURRENT_SCHEMA_VERSION, 4, "update this test when adding a migration");
     let dir = tempfile::tempdir().unwrap();
     let vectors = common::unit_vectors(3, DIM, 21);
     let ids = write_v1_db(dir.path(), &["likes tea", "lives in Oslo", "has a cat"], &vectors);
 
     let store = common::open(dir.path());
-    assert_eq!(store.stats().unwrap().schema_version, 3);
+    assert_eq!(store.stats().unwrap().schema_version, 4);
     // The old entries are there, searchable, and listed.
     for (id, v) in ids.iter().zip(&vectors) {
         let hit = &store.search(v, 1, &SearchFilter::all()).unwrap()[0];

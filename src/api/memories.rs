@@ -13,7 +13,7 @@ use super::auth::Tenant;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::memory::ranking::Mode;
-use crate::memory::service::{MemoryPatch, NewMemory, SearchQuery};
+use crate::memory::service::{ListFilter, MemoryPatch, NewMemory, SearchQuery, TimeView, MAX_VERSIONS};
 use crate::store::records::{memory_entry::Source, ulid_from_bytes, Kind, MemoryEntry};
 
 /// Milliseconds since the epoch as RFC 3339 (UTC).
@@ -52,10 +52,25 @@ fn source_of(e: &MemoryEntry) -> Value {
     }
 }
 
+fn ids_of(list: &[prost::bytes::Bytes]) -> Vec<String> {
+    list.iter().filter_map(|b| ulid_from_bytes(b)).map(|u| u.to_string()).collect()
+}
+
+fn optional_time(ms: Option<i64>) -> Value {
+    ms.map(rfc3339).unwrap_or(Value::Null)
+}
+
 /// A memory as the API shows it.
 pub fn memory_json(e: &MemoryEntry) -> Value {
     let scope = e.scope.clone().unwrap_or_default();
     json!({
+        "current": e.superseded_by.is_empty(),
+        "valid_from": rfc3339(e.valid_from_ms.unwrap_or(e.created_at_ms)),
+        "valid_to": optional_time(e.valid_to_ms),
+        "superseded_by": ulid_from_bytes(&e.superseded_by).map(|u| u.to_string()),
+        "supersedes": ids_of(&e.supersedes),
+        "expires_at": optional_time(e.expires_at_ms),
+        "version": e.versions.len() + 1,
         "id": e.ulid().map(|u| u.to_string()),
         "kind": e.kind().name(),
         "text": e.text,
@@ -89,6 +104,14 @@ pub struct AddMemory {
     agent_id: Option<String>,
     #[serde(default)]
     session_id: Option<String>,
+    /// Memories of the same user this one replaces as current.
+    #[serde(default)]
+    supersedes: Vec<String>,
+    /// Since when it holds (default: now, or `created_at`).
+    #[serde(default)]
+    valid_from: Option<Value>,
+    #[serde(default)]
+    expires_at: Option<Value>,
 }
 
 pub async fn add(
@@ -106,6 +129,9 @@ pub async fn add(
         metadata: req.metadata.unwrap_or(Value::Null),
         importance: req.importance,
         created_at_ms: req.created_at.as_ref().map(|v| parse_time("created_at", v)).transpose()?,
+        valid_from_ms: req.valid_from.as_ref().map(|v| parse_time("valid_from", v)).transpose()?,
+        expires_at_ms: req.expires_at.as_ref().map(|v| parse_time("expires_at", v)).transpose()?,
+        supersedes: req.supersedes,
     };
     let (entry, created) = memory.add(&tenant, new).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(memory_json(&entry))))
@@ -117,6 +143,15 @@ pub struct ListQuery {
     kind: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    agent_id: Option<String>,
+    #[serde(default)]
+    include_superseded: bool,
+    as_of: Option<String>,
+}
+
+/// `as_of` and `include_superseded` as a [`TimeView`].
+fn time_view(as_of: Option<&Value>, include_superseded: bool) -> Result<TimeView, ApiError> {
+    Ok(TimeView { as_of_ms: as_of.map(|v| parse_time("as_of", v)).transpose()?, include_superseded })
 }
 
 pub async fn list(
@@ -131,7 +166,11 @@ pub async fn list(
     if limit == 0 || limit > 500 {
         return Err(ApiError::bad_request(format!("limit must be within 1..500, got {limit}")));
     }
-    let page = memory.list(&tenant, &user, kind, limit, q.cursor).await?;
+    // A query string carries text only: digits are milliseconds, anything else RFC 3339.
+    let as_of = q.as_of.map(|s| s.parse::<i64>().map(Value::from).unwrap_or(Value::String(s)));
+    let time = time_view(as_of.as_ref(), q.include_superseded)?;
+    let filter = ListFilter { agent_id: q.agent_id.filter(|a| !a.is_empty()), time };
+    let page = memory.list(&tenant, &user, kind, filter, limit, q.cursor).await?;
     Ok(Json(json!({ "data": page.items.iter().map(memory_json).collect::<Vec<_>>(), "next_cursor": page.next_cursor })))
 }
 
@@ -175,6 +214,14 @@ pub struct PatchMemory {
     metadata: Option<Value>,
     #[serde(default)]
     importance: Option<f32>,
+    /// A time sets the expiry, `null` removes it, absent leaves it.
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Value>,
+}
+
+/// A field that is present, even as `null` (absent stays `None` through `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 pub async fn patch(
@@ -183,8 +230,64 @@ pub async fn patch(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchMemory>,
 ) -> Result<Json<Value>, ApiError> {
-    let patch = MemoryPatch { text: req.text, metadata: req.metadata, importance: req.importance };
+    let expires_at_ms = match &req.expires_at {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(v) => Some(Some(parse_time("expires_at", v)?)),
+    };
+    let patch = MemoryPatch { text: req.text, metadata: req.metadata, importance: req.importance, expires_at_ms };
     Ok(Json(memory_json(&state.ready_memory()?.update(&tenant, &id, patch).await?)))
+}
+
+/// `GET /v1/memories/{id}/history`: the memory's versions, oldest first, the current
+/// one last, and the memories it superseded or was superseded by.
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let e = state.ready_memory()?.get(&tenant, &id).await?;
+    // Each stored version records what the edit that replaced it changed; shown on the
+    // version that edit produced, so each entry says how it came to be.
+    // Past MAX_VERSIONS the oldest are dropped, and the first one kept is no longer the
+    // memory as it was created.
+    let truncated = e.versions.len() >= MAX_VERSIONS;
+    let event = |n: usize| match n {
+        1 if truncated => "earliest kept",
+        1 => "created",
+        _ => "edited",
+    };
+    let version = |n: usize, text: &str, metadata: Value, importance: f32, expires: Option<i64>| {
+        let (changed, since) = match n {
+            1 => (Vec::new(), e.created_at_ms),
+            _ => (e.versions[n - 2].changed.clone(), e.versions[n - 2].replaced_at_ms),
+        };
+        json!({
+            "version": n, "event": event(n), "changed": changed,
+            "text": text, "metadata": metadata, "importance": importance,
+            "expires_at": optional_time(expires), "since": rfc3339(since),
+            "until": e.versions.get(n - 1).map(|v| rfc3339(v.replaced_at_ms)).unwrap_or(Value::Null),
+        })
+    };
+    let mut versions: Vec<Value> = e
+        .versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let metadata = serde_json::from_str::<Value>(&v.metadata_json).unwrap_or_else(|_| json!({}));
+            version(i + 1, &v.text, metadata, v.importance, v.expires_at_ms)
+        })
+        .collect();
+    versions.push(version(e.versions.len() + 1, &e.text, metadata_of(&e), e.importance, e.expires_at_ms));
+    Ok(Json(json!({
+        "id": id,
+        "current": e.superseded_by.is_empty(),
+        "valid_from": rfc3339(e.valid_from_ms.unwrap_or(e.created_at_ms)),
+        "valid_to": optional_time(e.valid_to_ms),
+        "superseded_by": ulid_from_bytes(&e.superseded_by).map(|u| u.to_string()),
+        "supersedes": ids_of(&e.supersedes),
+        "versions": versions,
+    })))
 }
 
 pub async fn delete(
@@ -215,6 +318,15 @@ pub struct SearchRequest {
     /// `hybrid` (default), `dense` or `lexical`.
     #[serde(default)]
     mode: Mode,
+    /// The user's memories of this agent only.
+    #[serde(default)]
+    agent_id: Option<String>,
+    /// Memory as it stood at this time.
+    #[serde(default)]
+    as_of: Option<Value>,
+    /// Superseded memories too.
+    #[serde(default)]
+    include_superseded: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +369,8 @@ pub async fn search(
             .map(|v| parse_time("filters.created_before", v))
             .transpose()?,
         mode: req.mode,
+        agent_ids: req.agent_id.filter(|a| !a.is_empty()).into_iter().collect(),
+        time: time_view(req.as_of.as_ref(), req.include_superseded)?,
     };
     let found = memory.search(&tenant, query).await?;
     let results: Vec<Value> = found
@@ -265,7 +379,9 @@ pub async fn search(
             json!({
                 "id": f.entry.ulid().map(|u| u.to_string()), "kind": f.entry.kind().name(), "score": f.score,
                 "text": f.entry.text, "metadata": metadata_of(&f.entry), "created_at": rfc3339(f.entry.created_at_ms),
-                "source": source_of(&f.entry),
+                "source": source_of(&f.entry), "current": f.entry.superseded_by.is_empty(),
+                "valid_from": rfc3339(f.entry.valid_from_ms.unwrap_or(f.entry.created_at_ms)),
+                "valid_to": optional_time(f.entry.valid_to_ms),
             })
         })
         .collect();

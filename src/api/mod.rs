@@ -140,6 +140,7 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/sessions/{id}", get(chat::get_session).delete(chat::delete_session))
         .route("/v1/sessions/{id}/messages", post(chat::import_messages))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
+        .route("/v1/memories/{id}/history", get(memories::history))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.stream_stall_timeout_secs.max(1)),

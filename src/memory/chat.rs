@@ -29,7 +29,7 @@ use super::compression::summary_prompt;
 use super::context::{self, AssembledContext, ContextRequest};
 use super::keyed_lock::KeyGuard;
 use super::ranking::Mode;
-use super::service::{blocking, MemoryError, MemoryService, SearchQuery};
+use super::service::{blocking, MemoryError, MemoryService, SearchQuery, TimeView};
 use super::sessions::session_digest;
 use crate::model::generator::{GenerateRequest, GenerationEvent, GenerationSummary, TokenLogprob};
 use crate::model::prompt_cache::CacheKey;
@@ -224,6 +224,8 @@ impl Chat {
                 kind: f.entry.kind().name().to_owned(),
                 text: f.entry.text.clone(),
                 created_at_ms: f.entry.created_at_ms,
+                valid_since_ms: (!f.entry.supersedes.is_empty() || f.entry.valid_from_ms.is_some())
+                    .then(|| f.entry.valid_from_ms.unwrap_or(f.entry.created_at_ms)),
                 source: source_label(&f.entry),
                 score: f.score,
             })
@@ -304,6 +306,9 @@ impl Chat {
             created_after_ms: None,
             created_before_ms: None,
             mode: Mode::Hybrid,
+            // An agent recalls its own memories and the user's memories of no agent.
+            agent_ids: if turn.agent_id.is_empty() { Vec::new() } else { vec![turn.agent_id.clone(), String::new()] },
+            time: TimeView::default(),
         }
     }
 

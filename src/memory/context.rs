@@ -64,6 +64,9 @@ pub struct Memory {
     pub text: String,
     /// When it was recorded, milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// Since when it holds, when that is worth saying: it replaced an older memory, or
+    /// was given a validity start. Shown as "since <month> <year>" instead of the date.
+    pub valid_since_ms: Option<i64>,
     /// Where it came from (a document name, a session), if known.
     pub source: Option<String>,
     /// Retrieval score: higher is more relevant. Decides which memories go first.
@@ -154,7 +157,10 @@ pub enum ContextError {
 /// One line for a memory: `[kind · YYYY-MM-DD · source] text` (no source part when it has
 /// none). Line breaks in the text become spaces, so that each memory stays one line.
 pub fn format_memory(m: &Memory) -> String {
-    let date = format_date(m.created_at_ms);
+    let date = match m.valid_since_ms {
+        Some(since) => format!("since {}", format_month(since)),
+        None => format_date(m.created_at_ms),
+    };
     let text: String = m.text.trim().chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
     match m.source.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(source) => format!("[{} · {} · {}] {}", m.kind, date, source, text),
@@ -166,6 +172,16 @@ pub fn format_memory(m: &Memory) -> String {
 pub fn format_date(ms: i64) -> String {
     let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `March 2025` (UTC) for milliseconds since the Unix epoch.
+pub fn format_month(ms: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "December",
+    ];
+    let (y, m, _) = civil_from_days(ms.div_euclid(86_400_000));
+    format!("{} {y}", MONTHS[(m as usize - 1).min(11)])
 }
 
 fn is_leap(year: i64) -> bool {
@@ -463,6 +479,7 @@ mod tests {
             kind: "fact".into(),
             text: text.into(),
             created_at_ms: 1_795_910_400_000,
+            valid_since_ms: None,
             source: None,
             score,
         }
@@ -515,6 +532,16 @@ mod tests {
         assert_eq!(format_memory(&m), "[episodic · 2026-11-29 · chat 42] likes tea no sugar");
         m.source = Some("  ".into());
         assert_eq!(format_memory(&m), "[episodic · 2026-11-29] likes tea no sugar");
+    }
+
+    #[test]
+    fn a_memory_that_replaced_another_says_since_when() {
+        let mut m = memory("m1", 1.0, "lives in Porto");
+        // 2025-03-10 (epoch day 20157), independent of the date code above.
+        m.valid_since_ms = Some(20_157 * 86_400_000);
+        assert_eq!(format_memory(&m), "[fact · since March 2025] lives in Porto");
+        assert_eq!(format_month(0), "January 1970");
+        assert_eq!(format_month(1_735_689_599_000), "December 2024");
     }
 
     #[test]

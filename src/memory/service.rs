@@ -21,7 +21,7 @@ use super::limits::Limits;
 use super::ranking::{fuse, Candidate, Mode, RankingWeights};
 use super::turn_context::TurnContext;
 use crate::model::{Embedder, EngineError};
-use crate::store::records::{now_ms, Kind, MemoryEntry, Scope};
+use crate::store::records::{now_ms, Kind, MemoryEntry, MemoryVersion, Scope};
 use crate::store::{
     CommitObserver, Committed, MemoryStore, NewEntry, Page, Precondition, ScopeClause, SearchFilter, StoreError,
     WriteBatch,
@@ -62,6 +62,12 @@ pub struct NewMemory {
     pub metadata: serde_json::Value,
     pub importance: Option<f32>,
     pub created_at_ms: Option<i64>,
+    /// Since when the memory holds (default: when it was created).
+    pub valid_from_ms: Option<i64>,
+    /// Past it, the memory leaves search and is purged.
+    pub expires_at_ms: Option<i64>,
+    /// Memories of the same user this one replaces as current.
+    pub supersedes: Vec<String>,
 }
 
 /// Changes to a memory; `None` leaves a field as it is.
@@ -70,7 +76,45 @@ pub struct MemoryPatch {
     pub text: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub importance: Option<f32>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at_ms: Option<Option<i64>>,
 }
+
+/// Which memories count: the current ones (the default), those current at a past time,
+/// or every version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeView {
+    /// Memory as it stood then: created by then, valid then, not yet superseded.
+    pub as_of_ms: Option<i64>,
+    /// Superseded memories too (expired ones never).
+    pub include_superseded: bool,
+}
+
+impl TimeView {
+    /// Whether `e` is part of memory in this view, at `now_ms`.
+    pub fn admits(&self, e: &MemoryEntry, now_ms: i64) -> bool {
+        if e.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            return false;
+        }
+        if self.include_superseded {
+            return true;
+        }
+        let at = self.as_of_ms.unwrap_or(now_ms);
+        if self.as_of_ms.is_some() && e.created_at_ms > at {
+            return false;
+        }
+        if e.valid_from_ms.is_some_and(|t| t > at) {
+            return false;
+        }
+        !e.valid_to_ms.is_some_and(|t| t <= at)
+    }
+}
+
+/// How many memories one write may supersede.
+pub const MAX_SUPERSEDED: usize = 32;
+
+/// Previous versions kept per memory: the oldest go first past it.
+pub const MAX_VERSIONS: usize = 32;
 
 /// What a search looks in, and how much it returns.
 #[derive(Debug, Clone)]
@@ -86,6 +130,10 @@ pub struct SearchQuery {
     pub created_after_ms: Option<i64>,
     pub created_before_ms: Option<i64>,
     pub mode: Mode,
+    /// The user's memories of these agents only (empty: any); shared knowledge is not
+    /// tied to an agent and is governed by `kinds`.
+    pub agent_ids: Vec<String>,
+    pub time: TimeView,
 }
 
 /// A search hit: the memory and its score — the fused score in 0..1 in hybrid mode,
@@ -246,6 +294,9 @@ impl MemoryService {
                 "kind `{kind}` comes from documents; add them through /v1/documents"
             )));
         }
+        if m.expires_at_ms.is_some_and(|t| t <= now_ms()) {
+            return Err(MemoryError::Invalid("expires_at is in the past".into()));
+        }
         self.add_with_source(tenant, m, None).await
     }
 
@@ -262,6 +313,7 @@ impl MemoryService {
         if m.user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));
         }
+        let supersedes = self.superseded(tenant, &m.user_id, &m.supersedes).await?;
         let guard = self.erase_guard(tenant, &m.user_id).await?;
         let embedding = self.embed_one(&m.text).await?;
         let entry = NewEntry {
@@ -278,11 +330,14 @@ impl MemoryService {
             created_at_ms: m.created_at_ms,
             importance: m.importance,
             source,
+            valid_from_ms: m.valid_from_ms,
+            expires_at_ms: m.expires_at_ms,
             ..Default::default()
         };
         let store = self.store.clone();
         let (outcome, entry) = blocking(move || {
-            let batch = WriteBatch { preconditions: vec![guard], entries: vec![entry], ..Default::default() };
+            let batch =
+                WriteBatch { preconditions: vec![guard], entries: vec![entry], supersedes, ..Default::default() };
             let outcome = store.write(batch)?.entries[0];
             let stored =
                 store.get_entry(outcome.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", outcome.id)))?;
@@ -290,6 +345,30 @@ impl MemoryService {
         })
         .await?;
         Ok((entry, outcome.created))
+    }
+
+    /// The memories a new one of `user` replaces, checked to be that user's: another
+    /// tenant's or user's memory reads as not found, so ids reveal nothing across them.
+    /// (The store checks ownership again in the commit, against a concurrent change.)
+    async fn superseded(&self, tenant: &str, user: &str, ids: &[String]) -> Result<Vec<Ulid>, MemoryError> {
+        if ids.len() > MAX_SUPERSEDED {
+            return Err(MemoryError::Invalid(format!(
+                "supersedes: at most {MAX_SUPERSEDED} memories per write, got {}",
+                ids.len()
+            )));
+        }
+        let parsed = parse_ids("supersedes", ids)?;
+        for (i, id) in ids.iter().enumerate() {
+            let owned = match self.get(tenant, id).await {
+                Ok(e) => e.scope.is_some_and(|s| s.user_id == user) && e.kind() != Kind::Knowledge,
+                Err(MemoryError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !owned {
+                return Err(MemoryError::Invalid(format!("supersedes[{i}]: no memory {id} of user {user}")));
+            }
+        }
+        Ok(parsed)
     }
 
     /// A memory of this tenant; another tenant's is reported as absent.
@@ -302,21 +381,32 @@ impl MemoryService {
             .ok_or_else(|| MemoryError::NotFound(format!("memory {id}")))
     }
 
+    /// A page of the user's memories (in id order) that `view` admits, of one agent when
+    /// `agent_id` is given. Filtering happens within the page: a page may hold fewer than
+    /// `limit` while `next_cursor` says more follow.
     pub async fn list(
         &self,
         tenant: &str,
         user_id: &str,
         kind: Option<Kind>,
+        filter: ListFilter,
         limit: usize,
         cursor: Option<String>,
     ) -> Result<Page<MemoryEntry>, MemoryError> {
         let (store, tenant, user) = (self.store.clone(), tenant.to_owned(), user_id.to_owned());
-        blocking(move || store.list_entries(&tenant, &user, kind, limit, cursor.as_deref())).await
+        let mut page = blocking(move || store.list_entries(&tenant, &user, kind, limit, cursor.as_deref())).await?;
+        let now = now_ms();
+        page.items.retain(|e| {
+            filter.time.admits(e, now)
+                && filter.agent_id.as_ref().is_none_or(|a| e.scope.as_ref().is_some_and(|s| &s.agent_id == a))
+        });
+        Ok(page)
     }
 
     /// Edits a memory; a new text is embedded again.
     pub async fn update(&self, tenant: &str, id: &str, patch: MemoryPatch) -> Result<MemoryEntry, MemoryError> {
         let mut entry = self.get(tenant, id).await?;
+        let before = entry.clone();
         let user = entry.scope.as_ref().map(|s| s.user_id.clone()).unwrap_or_default();
         let guard = self.erase_guard(tenant, &user).await?;
         if let Some(text) = patch.text {
@@ -337,7 +427,30 @@ impl MemoryService {
         if let Some(importance) = patch.importance {
             entry.importance = importance;
         }
-        entry.updated_at_ms = now_ms();
+        if let Some(expires) = patch.expires_at_ms {
+            if expires.is_some_and(|t| t <= now_ms()) {
+                return Err(MemoryError::Invalid("expires_at is in the past".into()));
+            }
+            entry.expires_at_ms = expires;
+        }
+        let now = now_ms();
+        let changed = changed_fields(&before, &entry);
+        if changed.is_empty() {
+            // Nothing to version: an edit that changes nothing is not a new version.
+            return Ok(before);
+        }
+        entry.versions.push(MemoryVersion {
+            text: before.text.clone(),
+            metadata_json: before.metadata_json.clone(),
+            importance: before.importance,
+            since_ms: before.updated_at_ms,
+            replaced_at_ms: now,
+            changed: changed.iter().map(|c| (*c).to_owned()).collect(),
+            expires_at_ms: before.expires_at_ms,
+        });
+        let excess = entry.versions.len().saturating_sub(MAX_VERSIONS);
+        entry.versions.drain(..excess);
+        entry.updated_at_ms = now;
         let store = self.store.clone();
         let ulid: Ulid = id.parse().map_err(|_| MemoryError::NotFound(format!("memory {id}")))?;
         let updated = blocking(move || {
@@ -386,7 +499,10 @@ impl MemoryService {
         let filter = scope_filter(tenant, &q);
         // Post-filters (metadata, dates, minimum score) can only remove hits, and fusion
         // needs depth from both lists: fetch more than asked.
-        let post_filtered = !q.metadata.is_empty() || q.created_after_ms.is_some() || q.created_before_ms.is_some();
+        let post_filtered = !q.metadata.is_empty()
+            || q.created_after_ms.is_some()
+            || q.created_before_ms.is_some()
+            || q.time != TimeView::default();
         let fetch = if post_filtered { (q.k * 10).min(1000) } else { (q.k * 4).max(20) };
         let vector = match q.mode {
             Mode::Lexical => None,
@@ -450,12 +566,14 @@ impl MemoryService {
         .await?;
         let store = self.store.clone();
         let hits = blocking(move || store.resolve_hits(ranked)).await?;
+        let now = now_ms();
         Ok(hits
             .into_iter()
             .filter(|h| h.similarity >= q.min_score)
             .filter(|h| q.created_after_ms.is_none_or(|t| h.entry.created_at_ms >= t))
             .filter(|h| q.created_before_ms.is_none_or(|t| h.entry.created_at_ms < t))
             .filter(|h| metadata_matches(&h.entry.metadata_json, &q.metadata))
+            .filter(|h| q.time.admits(&h.entry, now))
             .take(q.k)
             .map(|h| Found { entry: h.entry, score: h.similarity })
             .collect())
@@ -476,13 +594,17 @@ fn scope_filter(tenant: &str, q: &SearchQuery) -> SearchFilter {
         });
     }
     if let Some(user) = &q.user_id {
-        any_of.push(ScopeClause {
-            tenant: Some(tenant.to_owned()),
-            user_id: Some(user.clone()),
-            session_id: q.session_id.clone(),
-            kinds: q.kinds.clone(),
-            ..Default::default()
-        });
+        let agents: Vec<Option<String>> =
+            if q.agent_ids.is_empty() { vec![None] } else { q.agent_ids.iter().cloned().map(Some).collect() };
+        for agent_id in agents {
+            any_of.push(ScopeClause {
+                tenant: Some(tenant.to_owned()),
+                user_id: Some(user.clone()),
+                agent_id,
+                session_id: q.session_id.clone(),
+                kinds: q.kinds.clone(),
+            });
+        }
     }
     if any_of.is_empty() {
         // Nothing requested that this caller may see: a clause no entry matches.
@@ -493,6 +615,39 @@ fn scope_filter(tenant: &str, q: &SearchQuery) -> SearchFilter {
         });
     }
     SearchFilter { any_of }
+}
+
+/// What a listing shows besides the user and kind.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub agent_id: Option<String>,
+    pub time: TimeView,
+}
+
+/// Ids given by a client, each checked.
+fn parse_ids(field: &str, ids: &[String]) -> Result<Vec<Ulid>, MemoryError> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| id.parse().map_err(|_| MemoryError::Invalid(format!("{field}[{i}]: `{id}` is not a memory id"))))
+        .collect()
+}
+
+/// The fields an edit changed, by their API names.
+fn changed_fields(before: &MemoryEntry, after: &MemoryEntry) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if before.text != after.text {
+        changed.push("text");
+    }
+    if before.metadata_json != after.metadata_json {
+        changed.push("metadata");
+    }
+    if before.importance != after.importance {
+        changed.push("importance");
+    }
+    if before.expires_at_ms != after.expires_at_ms {
+        changed.push("expires_at");
+    }
+    changed
 }
 
 fn metadata_matches(stored: &str, wanted: &serde_json::Map<String, serde_json::Value>) -> bool {
@@ -519,6 +674,8 @@ mod tests {
             created_after_ms: None,
             created_before_ms: None,
             mode: Mode::Hybrid,
+            agent_ids: Vec::new(),
+            time: TimeView::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use super::error::{Result, StoreError};
-use super::records::{memory_entry::Source, DocumentSource, Kind, MemoryEntry, Scope, SessionSource};
+use super::records::{memory_entry::Source, DocumentSource, Kind, MemoryEntry, MemoryVersion, Scope, SessionSource};
 use super::records::{Document, DocumentStatus, Session, Turn};
 use super::write::NewEntry;
 use super::{MemoryStore, Store};
@@ -70,6 +70,59 @@ pub struct EntryJson {
     pub valid_to_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Ulid>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<Ulid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// Earlier versions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionJson>,
+}
+
+/// An earlier version of an entry (see `MemoryVersion` in the proto).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionJson {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub metadata: serde_json::Value,
+    pub importance: f32,
+    pub since_ms: i64,
+    pub replaced_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
+impl From<&MemoryVersion> for VersionJson {
+    fn from(v: &MemoryVersion) -> Self {
+        Self {
+            text: v.text.clone(),
+            metadata: json_or_null(&v.metadata_json),
+            importance: v.importance,
+            since_ms: v.since_ms,
+            replaced_at_ms: v.replaced_at_ms,
+            changed: v.changed.clone(),
+            expires_at_ms: v.expires_at_ms,
+        }
+    }
+}
+
+impl From<VersionJson> for MemoryVersion {
+    fn from(v: VersionJson) -> Self {
+        Self {
+            text: v.text,
+            metadata_json: json_string(&v.metadata),
+            importance: v.importance,
+            since_ms: v.since_ms,
+            replaced_at_ms: v.replaced_at_ms,
+            changed: v.changed,
+            expires_at_ms: v.expires_at_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -185,6 +238,10 @@ impl From<&MemoryEntry> for EntryJson {
                     SourceJson::Session { session_id: s.session_id.clone(), turn_index: s.turn_index }
                 }
             }),
+            superseded_by: super::records::ulid_from_bytes(&e.superseded_by),
+            supersedes: e.supersedes.iter().filter_map(|b| super::records::ulid_from_bytes(b)).collect(),
+            expires_at_ms: e.expires_at_ms,
+            versions: e.versions.iter().map(Into::into).collect(),
         }
     }
 }
@@ -224,6 +281,10 @@ impl EntryJson {
             valid_from_ms: self.valid_from_ms,
             valid_to_ms: self.valid_to_ms,
             source: self.source.map(source_record),
+            superseded_by: self.superseded_by.map(|u| u.to_bytes().to_vec().into()).unwrap_or_default(),
+            supersedes: self.supersedes.iter().map(|u| u.to_bytes().to_vec().into()).collect(),
+            expires_at_ms: self.expires_at_ms,
+            versions: self.versions.into_iter().map(Into::into).collect(),
             ..Default::default()
         };
         e.set_kind(kind);
@@ -242,6 +303,7 @@ impl EntryJson {
             valid_from_ms: self.valid_from_ms,
             valid_to_ms: self.valid_to_ms,
             source: self.source.map(source_record),
+            expires_at_ms: self.expires_at_ms,
         })
     }
 }

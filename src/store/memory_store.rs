@@ -33,6 +33,17 @@ pub trait MemoryStore: Send + Sync {
     /// Replaces a stored entry (same id) under preconditions; `NotFound` if it is gone.
     fn replace_entry_guarded(&self, entry: MemoryEntry, preconditions: Vec<Precondition>) -> Result<()>;
     fn delete_entry(&self, id: Ulid) -> Result<bool>;
+    /// Deletes entries by id (each shard's or the whole batch in one commit); returns
+    /// those that existed.
+    fn delete_entries(&self, ids: &[Ulid]) -> Result<Vec<Ulid>>;
+    /// Up to `limit` entries whose expiry is at or before `now_ms`, soonest first.
+    fn expired_entries(&self, now_ms: i64, limit: usize) -> Result<Vec<Ulid>>;
+    /// Deletes up to `limit` entries expired by `now_ms`; returns how many went. Safe to
+    /// run on several nodes at once: an entry another node removed first is skipped.
+    fn purge_expired(&self, now_ms: i64, limit: usize) -> Result<usize> {
+        let ids = self.expired_entries(now_ms, limit)?;
+        Ok(self.delete_entries(&ids)?.len())
+    }
     fn get_entry(&self, id: Ulid) -> Result<Option<MemoryEntry>>;
     /// A user's entries (tenant-wide ones with `user_id` empty), optionally of one kind,
     /// in (kind, id) order.
@@ -128,6 +139,12 @@ impl MemoryStore for Store {
     }
     fn delete_entry(&self, id: Ulid) -> Result<bool> {
         Store::delete_entry(self, id)
+    }
+    fn delete_entries(&self, ids: &[Ulid]) -> Result<Vec<Ulid>> {
+        Store::delete_entries(self, ids)
+    }
+    fn expired_entries(&self, now_ms: i64, limit: usize) -> Result<Vec<Ulid>> {
+        Store::expired_entries(self, now_ms, limit)
     }
     fn get_entry(&self, id: Ulid) -> Result<Option<MemoryEntry>> {
         Store::get_entry(self, id)

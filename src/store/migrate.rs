@@ -26,12 +26,15 @@ mod m0001;
 mod m0002;
 #[path = "../../migrations/0003_point_high_water_mark.rs"]
 mod m0003;
+#[path = "../../migrations/0004_supersession_and_expiry.rs"]
+mod m0004;
 
 /// Every migration, in the order they are applied.
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "0001_initial", apply: m0001::apply },
     Migration { version: 2, name: "0002_content_hash_index", apply: m0002::apply },
     Migration { version: 3, name: "0003_point_high_water_mark", apply: m0003::apply },
+    Migration { version: 4, name: "0004_supersession_and_expiry", apply: m0004::apply },
 ];
 
 /// The version this binary writes: the newest migration.

@@ -64,6 +64,9 @@ pub struct StoreConfig {
     pub cache_capacity_mb: u64,
     /// How often a running server saves the vector index.
     pub index_save_interval_secs: u64,
+    /// How often a running server deletes memories whose `expires_at` has passed (they
+    /// leave search at that moment whatever this is; this only reclaims their space).
+    pub expiry_purge_interval_secs: u64,
     /// Seed nodes of the Redis Cluster (`redis://host:port`); the rest are discovered.
     pub redis_urls: Vec<String>,
     /// Prefix of every key engram writes in the cluster: deployments sharing one
@@ -87,6 +90,7 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("./data"),
             cache_capacity_mb: 256,
             index_save_interval_secs: 300,
+            expiry_purge_interval_secs: 60,
             backend: BackendKind::Sled,
             redis_urls: Vec::new(),
             redis_namespace: "engram".into(),

@@ -30,6 +30,9 @@ pub struct Trees {
     pub erasures: Tree,
     /// tenant, user, transcript digest → session id: finding a conversation by its turns.
     pub transcripts: Tree,
+    /// expiry time (u64 ms, big-endian), entry id → (empty): memories due to be purged,
+    /// soonest first (schema version 4).
+    pub expiries: Tree,
 }
 
 pub const DIMENSION_KEY: &[u8] = b"dimension";
@@ -56,6 +59,7 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             erasures: db.open_tree("erasures")?,
             transcripts: db.open_tree("transcripts")?,
+            expiries: db.open_tree("expiries")?,
         })
     }
 

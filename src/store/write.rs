@@ -43,6 +43,7 @@ pub struct NewEntry {
     pub valid_from_ms: Option<i64>,
     pub valid_to_ms: Option<i64>,
     pub source: Option<Source>,
+    pub expires_at_ms: Option<i64>,
 }
 
 /// The id a write resolved to: a new entry, or the existing one holding the same text.
@@ -86,6 +87,9 @@ pub struct WriteBatch {
     pub job: Option<IngestJob>,
     /// Entries used (retrieved into a prompt): their access count and time are updated.
     pub accessed: Vec<Ulid>,
+    /// Stored memories of the same user that the batch's first entry replaces as
+    /// current, in the same commit (see [`plan_supersession`]).
+    pub supersedes: Vec<Ulid>,
 }
 
 /// What a [`WriteBatch`] did.
@@ -156,9 +160,8 @@ impl NewEntry {
             valid_from_ms: self.valid_from_ms,
             valid_to_ms: self.valid_to_ms,
             source: self.source,
-            content_hash: Default::default(),
-            point_id: 0,
-            kind: 0,
+            expires_at_ms: self.expires_at_ms,
+            ..Default::default()
         };
         entry.set_kind(self.kind.unwrap_or(Kind::Fact));
         Ok(entry)
@@ -172,6 +175,7 @@ struct IndexKeys {
     document: Option<Vec<u8>>,
     session: Option<Vec<u8>>,
     point: [u8; 8],
+    expiry: Option<Vec<u8>>,
 }
 
 fn index_keys(entry: &MemoryEntry, id: Ulid) -> IndexKeys {
@@ -188,6 +192,7 @@ fn index_keys(entry: &MemoryEntry, id: Ulid) -> IndexKeys {
         document,
         session,
         point: keys::point_key(entry.point_id),
+        expiry: entry.expires_at_ms.map(|t| expiry_key(t, id)),
     }
 }
 
@@ -207,6 +212,7 @@ struct Tx<'a> {
     jobs: &'a TransactionalTree,
     erasures: &'a TransactionalTree,
     transcripts: &'a TransactionalTree,
+    expiries: &'a TransactionalTree,
 }
 
 fn abort(e: StoreError) -> TxError {
@@ -247,6 +253,9 @@ impl Tx<'_> {
             self.by_session.insert(s, &[])?;
         }
         self.points.insert(&k.point, &id.to_bytes())?;
+        if let Some(e) = k.expiry {
+            self.expiries.insert(e, &[])?;
+        }
         Ok(())
     }
 
@@ -265,6 +274,9 @@ impl Tx<'_> {
             self.by_session.remove(s)?;
         }
         self.points.remove(&k.point)?;
+        if let Some(e) = k.expiry {
+            self.expiries.remove(e)?;
+        }
         Ok(())
     }
 
@@ -377,6 +389,8 @@ pub(super) struct ChangeSet {
     pub(super) remove_jobs: Vec<Ulid>,
     pub(super) accessed: Vec<Ulid>,
     pub(super) accessed_at_ms: i64,
+    /// Memories the first new entry supersedes (see [`WriteBatch::supersedes`]).
+    pub(super) supersedes: Vec<Ulid>,
 }
 
 impl Store {
@@ -392,6 +406,7 @@ impl Store {
             job: batch.job,
             accessed: batch.accessed,
             accessed_at_ms: now_ms(),
+            supersedes: batch.supersedes,
             ..Default::default()
         };
         if let Some(s) = &change.session {
@@ -439,6 +454,21 @@ impl Store {
         self.delete_with(ids, ChangeSet::default())
     }
 
+    /// Up to `limit` entries whose expiry is at or before `now_ms`, soonest first.
+    pub fn expired_entries(&self, now_ms: i64, limit: usize) -> Result<Vec<Ulid>> {
+        let mut out = Vec::new();
+        for item in self.trees.expiries.range(..expiry_key(now_ms.saturating_add(1), Ulid::nil())) {
+            let (key, _) = item?;
+            if let Some(id) = key.get(8..).and_then(ulid_from_bytes) {
+                out.push(id);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn delete_entry(&self, id: Ulid) -> Result<bool> {
         Ok(!self.delete_entries(&[id])?.is_empty())
     }
@@ -452,6 +482,7 @@ impl Store {
                     change.delete.push(old);
                 }
             }
+            self.restore_superseded(&mut change)?;
             self.apply(&change, None)?;
         }
         self.flush()?;
@@ -526,10 +557,70 @@ impl Store {
             if let Some(doc) = change.document.as_mut().filter(|_| !outcomes.is_empty()) {
                 doc.chunk_ids = chunk_ids(&outcomes);
             }
+            if !change.supersedes.is_empty() {
+                self.supersede(change, &outcomes)?;
+            }
             self.apply(change, revision)?;
         }
         self.flush()?;
         Ok((outcomes, revision))
+    }
+
+    /// Adds to `change` the records a supersession rewrites: the superseded memories and,
+    /// when the new text resolved to a stored memory, that memory. Called with the write
+    /// lock held, so the records read here are those the commit replaces.
+    fn supersede(&self, change: &mut ChangeSet, outcomes: &[PutOutcome]) -> Result<()> {
+        let target = outcomes.first().ok_or_else(|| invalid("supersedes needs a memory to supersede them"))?;
+        let mut olds = Vec::with_capacity(change.supersedes.len());
+        for id in &change.supersedes {
+            let old = self.get_entry(*id)?.ok_or_else(|| invalid(format!("supersedes: memory {id} not found")))?;
+            olds.push(old);
+        }
+        let originals = olds.clone();
+        let changed = match change.put.iter_mut().find(|(r, _)| r.ulid() == Some(target.id)) {
+            Some((record, _)) => {
+                let at = record.valid_from_ms.unwrap_or(record.created_at_ms);
+                plan_supersession(record, olds, at)?
+            }
+            None => {
+                let stored = self.get_entry(target.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", target.id)))?;
+                let mut record = stored.clone();
+                let changed = plan_supersession(&mut record, olds, now_ms())?;
+                record.point_id = self.allocate_point();
+                change.put.push((record, Some(stored)));
+                changed
+            }
+        };
+        for mut record in changed {
+            let old = originals.iter().find(|o| o.id == record.id).cloned();
+            record.point_id = self.allocate_point();
+            change.put.push((record, old));
+        }
+        Ok(())
+    }
+
+    /// Adds to `change` the memories its deletes make current again (see
+    /// [`plan_restoration`]). Called with the write lock held.
+    fn restore_superseded(&self, change: &mut ChangeSet) -> Result<()> {
+        let deleting: Vec<Ulid> = change.delete.iter().filter_map(|e| e.ulid()).collect();
+        let mut restored = Vec::new();
+        for deleted in &change.delete {
+            let mut candidates = Vec::new();
+            for id in superseded_ids(deleted).into_iter().filter(|id| !deleting.contains(id)) {
+                if let Some(e) = self.get_entry(id)? {
+                    candidates.push(e);
+                }
+            }
+            for record in plan_restoration(deleted, candidates.clone()) {
+                let old = candidates.iter().find(|c| c.id == record.id).cloned();
+                restored.push((record, old));
+            }
+        }
+        for (mut record, old) in restored {
+            record.point_id = self.allocate_point();
+            change.put.push((record, old));
+        }
+        Ok(())
     }
 
     /// The first entry ever written fixes the embedding width; later ones must match.
@@ -566,13 +657,14 @@ impl Store {
             &t.jobs,
             &t.erasures,
             &t.transcripts,
+            &t.expiries,
         ];
         let next_point = self.next_point.load(std::sync::atomic::Ordering::Relaxed);
         trees[..].transaction(|trees| {
-            let [entries, by_scope, by_hash, by_document, by_session, points, meta, sessions, documents, jobs, erasures, transcripts] =
+            let [entries, by_scope, by_hash, by_document, by_session, points, meta, sessions, documents, jobs, erasures, transcripts, expiries] =
                 &trees[..]
             else {
-                unreachable!("twelve trees in, twelve out")
+                unreachable!("thirteen trees in, thirteen out")
             };
             let tx = Tx {
                 entries,
@@ -587,6 +679,7 @@ impl Store {
                 jobs,
                 erasures,
                 transcripts,
+                expiries,
             };
             for p in &change.preconditions {
                 tx.check(p)?;
@@ -657,6 +750,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The `expiries` key of an entry expiring at `at_ms`: sorted by time.
+pub(super) fn expiry_key(at_ms: i64, id: Ulid) -> Vec<u8> {
+    let mut key = (at_ms.max(0) as u64).to_be_bytes().to_vec();
+    key.extend_from_slice(&id.to_bytes());
+    key
 }
 
 /// Fresh records for new entries, with ids from `next_id` in call order.
@@ -748,4 +848,64 @@ pub(super) fn validate_session(s: &Session) -> Result<()> {
         return Err(invalid(format!("a session needs a tenant and an id of 1 to {MAX_KEY_COMPONENT} bytes")));
     }
     Ok(())
+}
+
+/// Marks the stored memories `olds` as superseded by `target` (the entry a write
+/// resolved to: the new one, or the stored one holding the same text) from `at_ms`, and
+/// lists them in `target.supersedes`. Returns the changed records. Refuses a memory of
+/// another tenant or user, the target itself, and one already superseded by another
+/// memory (superseding twice would leave two "newer" versions). Re-asserting a memory
+/// that was superseded by one of `olds` makes it current again.
+pub(crate) fn plan_supersession(target: &mut MemoryEntry, olds: Vec<MemoryEntry>, at_ms: i64) -> Result<Vec<MemoryEntry>> {
+    let target_id = target.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
+    let owner = |e: &MemoryEntry| e.scope.as_ref().map(|s| (s.tenant.clone(), s.user_id.clone()));
+    let mut changed = Vec::with_capacity(olds.len());
+    for mut old in olds {
+        let id = old.ulid().ok_or_else(|| invalid("stored entry without a valid id"))?;
+        if id == target_id {
+            return Err(invalid(format!("supersedes: memory {id} cannot supersede itself")));
+        }
+        if owner(&old) != owner(target) || old.kind() == Kind::Knowledge {
+            return Err(invalid(format!("supersedes: memory {id} is not a memory of the same user")));
+        }
+        if let Some(by) = ulid_from_bytes(&old.superseded_by) {
+            if by == target_id {
+                continue;
+            }
+            return Err(StoreError::Conflict(format!("memory {id} is already superseded by memory {by}")));
+        }
+        old.superseded_by = target_id.to_bytes().to_vec().into();
+        old.valid_to_ms = Some(at_ms.max(old.valid_from_ms.unwrap_or(old.created_at_ms)));
+        let listed = id.to_bytes();
+        if !target.supersedes.iter().any(|b| b.as_ref() == listed) {
+            target.supersedes.push(listed.to_vec().into());
+        }
+        if target.superseded_by.as_ref() == listed {
+            target.superseded_by = Default::default();
+            target.valid_to_ms = None;
+        }
+        changed.push(old);
+    }
+    Ok(changed)
+}
+
+/// The memories `deleted` had superseded that are still marked as superseded by it,
+/// made current again: deleting the newer version of a fact restores the older one.
+/// `candidates` are the stored records `deleted.supersedes` names (those being deleted
+/// in the same commit left out by the caller).
+pub(crate) fn plan_restoration(deleted: &MemoryEntry, candidates: Vec<MemoryEntry>) -> Vec<MemoryEntry> {
+    candidates
+        .into_iter()
+        .filter(|c| c.superseded_by == deleted.id)
+        .map(|mut c| {
+            c.superseded_by = Default::default();
+            c.valid_to_ms = None;
+            c
+        })
+        .collect()
+}
+
+/// The ids a record lists in `supersedes`.
+pub(crate) fn superseded_ids(e: &MemoryEntry) -> Vec<Ulid> {
+    e.supersedes.iter().filter_map(|b| ulid_from_bytes(b)).collect()
 }

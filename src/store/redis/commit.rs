@@ -22,7 +22,10 @@ use crate::store::keys;
 use crate::store::records::{
     memory_entry::Source, now_ms, ulid_from_bytes, Document, IngestJob, JobState, MemoryEntry,
 };
-use crate::store::write::{chunk_ids, new_records, validate_records, validate_scope, validate_session, OnDuplicate};
+use crate::store::write::{
+    chunk_ids, new_records, plan_restoration, plan_supersession, superseded_ids, validate_records, validate_scope,
+    validate_session, OnDuplicate,
+};
 use crate::store::{Precondition, PutOutcome, SearchFilter, SessionWrite, WriteBatch, WriteOutcome};
 
 /// Plans retried before a write gives up on a key that keeps changing under it.
@@ -119,6 +122,9 @@ impl Tx {
         if let Some(sid) = session_of(record) {
             self.op("sadd", self.keys.session_entries(&scope, &sid), &id.to_bytes(), b"");
         }
+        if let Some(at) = record.expires_at_ms {
+            self.op("zadds", self.keys.expiries(shard), at.to_string().as_bytes(), &id.to_bytes());
+        }
         self.before.push(redis::cmd("SET").arg(self.keys.directory(id)).arg(shard).clone());
         self.events.push(format!("+{} {id}", scope.hex()));
         self.changes.push(Change::Added(stored));
@@ -137,6 +143,9 @@ impl Tx {
         }
         if let Some(sid) = session_of(old) {
             self.op("srem", self.keys.session_entries(&scope, &sid), &id.to_bytes(), b"");
+        }
+        if old.expires_at_ms.is_some() {
+            self.op("zrem", self.keys.expiries(shard), &id.to_bytes(), b"");
         }
         self.events.push(format!("-{} {id}", scope.hex()));
         self.changes.push(Change::Removed { id, scope });
@@ -197,6 +206,8 @@ struct Extras {
     session: Option<SessionWrite>,
     document: Option<Document>,
     job: Option<IngestJob>,
+    /// Memories the first record supersedes (see `WriteBatch::supersedes`).
+    supersedes: Vec<Ulid>,
 }
 
 impl RedisStore {
@@ -244,6 +255,7 @@ impl RedisStore {
             session: batch.session,
             document: batch.document,
             job: batch.job,
+            supersedes: batch.supersedes,
         };
         let (entries, session_revision) = self.commit_records(records, OnDuplicate::ReturnExisting, extras)?;
         if !batch.accessed.is_empty() {
@@ -296,7 +308,8 @@ impl RedisStore {
         let plain = extras.preconditions.is_empty()
             && extras.session.is_none()
             && extras.document.is_none()
-            && extras.job.is_none();
+            && extras.job.is_none()
+            && extras.supersedes.is_empty();
         if plain {
             shards.sort_unstable();
             shards.dedup();
@@ -362,7 +375,8 @@ impl RedisStore {
             }
             let mut outcomes = Vec::with_capacity(records.len());
             let mut in_batch: HashMap<Vec<u8>, Ulid> = HashMap::new();
-            for record in &records {
+            for (i, record) in records.iter().enumerate() {
+                let supersedes = i == 0 && !extras.supersedes.is_empty();
                 let id = record.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
                 let hkey = hash_key(record);
                 let existing = match in_batch.get(&hkey) {
@@ -379,6 +393,17 @@ impl RedisStore {
                         return Err(invalid(format!("memory {existing} already holds this text")));
                     }
                     outcomes.push(PutOutcome { id: existing, created: false });
+                    if supersedes {
+                        // The text is stored already: that memory becomes the newer one.
+                        let key = self.keys.entry(shard, existing);
+                        let bytes =
+                            self.get_bytes(&key)?.ok_or_else(|| StoreError::NotFound(format!("memory {existing}")))?;
+                        let stored: MemoryEntry = decode(&key, &bytes)?;
+                        let mut target = stored.clone();
+                        self.plan_supersession(tx, &mut target, &extras.supersedes, now_ms())?;
+                        tx.remove_entry(&stored, &bytes, existing);
+                        tx.put_entry(&target, existing);
+                    }
                     continue;
                 }
                 in_batch.insert(hkey, id);
@@ -395,7 +420,14 @@ impl RedisStore {
                     }
                     None => tx.guard(key, None),
                 }
-                tx.put_entry(record, id);
+                if supersedes {
+                    let mut target = record.clone();
+                    let at = target.valid_from_ms.unwrap_or(target.created_at_ms);
+                    self.plan_supersession(tx, &mut target, &extras.supersedes, at)?;
+                    tx.put_entry(&target, id);
+                } else {
+                    tx.put_entry(record, id);
+                }
                 outcomes.push(PutOutcome { id, created: true });
             }
             if let Some(doc) = &extras.document {
@@ -411,6 +443,32 @@ impl RedisStore {
             Ok(outcomes)
         })?;
         Ok((outcomes, revision))
+    }
+
+    /// Rewrites the memories `ids` as superseded by `target` (see [`plan_supersession`]),
+    /// guarded on the records read. They must be in the target's shard: one of another
+    /// user is reported as not found, as it would be to that caller anywhere else.
+    fn plan_supersession(&self, tx: &mut Tx, target: &mut MemoryEntry, ids: &[Ulid], at_ms: i64) -> Result<()> {
+        let mut olds = Vec::with_capacity(ids.len());
+        let mut raw = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = self.keys.entry(tx.shard, *id);
+            let bytes = self.get_bytes(&key)?.ok_or_else(|| invalid(format!("supersedes: memory {id} not found")))?;
+            olds.push(decode::<MemoryEntry>(&key, &bytes)?);
+            raw.push((*id, bytes));
+        }
+        let originals = olds.clone();
+        for changed in plan_supersession(target, olds, at_ms)? {
+            let Some(id) = changed.ulid() else { continue };
+            let (Some((_, bytes)), Some(original)) =
+                (raw.iter().find(|(r, _)| *r == id), originals.iter().find(|o| o.id == changed.id))
+            else {
+                continue;
+            };
+            tx.remove_entry(original, bytes, id);
+            tx.put_entry(&changed, id);
+        }
+        Ok(())
     }
 
     fn plan_precondition(&self, tx: &mut Tx, p: &Precondition) -> Result<()> {
@@ -529,10 +587,25 @@ impl RedisStore {
     fn plan_deletes(&self, tx: &mut Tx, ids: &[Ulid]) -> Result<Vec<Ulid>> {
         let entries = self.read_raw_in(tx.shard, ids)?;
         let mut gone = Vec::new();
-        for (id, entry, bytes) in entries {
-            tx.remove_entry(&entry, &bytes, id);
-            tx.after.push(redis::cmd("DEL").arg(self.keys.directory(id)).clone());
-            gone.push(id);
+        for (id, entry, bytes) in &entries {
+            tx.remove_entry(entry, bytes, *id);
+            tx.after.push(redis::cmd("DEL").arg(self.keys.directory(*id)).clone());
+            gone.push(*id);
+        }
+        // Deleting the newer version of a memory makes the one it superseded current again.
+        for (_, deleted, _) in &entries {
+            let named: Vec<Ulid> = superseded_ids(deleted).into_iter().filter(|id| !gone.contains(id)).collect();
+            if named.is_empty() {
+                continue;
+            }
+            let candidates = self.read_raw_in(tx.shard, &named)?;
+            let records: Vec<MemoryEntry> = candidates.iter().map(|(_, e, _)| e.clone()).collect();
+            for restored in plan_restoration(deleted, records) {
+                if let Some((id, old, bytes)) = candidates.iter().find(|(_, e, _)| e.id == restored.id) {
+                    tx.remove_entry(old, bytes, *id);
+                    tx.put_entry(&restored, *id);
+                }
+            }
         }
         Ok(gone)
     }

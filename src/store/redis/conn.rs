@@ -43,6 +43,7 @@ for _ = 1, ops do
     if redis.call('GET', key) == a then redis.call('DEL', key) end
   elseif op == 'zadd' then redis.call('ZADD', key, 0, a)
   elseif op == 'zrem' then redis.call('ZREM', key, a)
+  elseif op == 'zadds' then redis.call('ZADD', key, tonumber(a), b)
   elseif op == 'sadd' then redis.call('SADD', key, a)
   elseif op == 'srem' then redis.call('SREM', key, a)
   elseif op == 'hset' then redis.call('HSET', key, a, b)

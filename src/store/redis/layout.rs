@@ -20,8 +20,10 @@ use crate::store::keys::KeyBuf;
 
 /// Shards (hash tags). Part of the layout: changing it moves every key.
 pub const SHARDS: u16 = 64;
-/// The layout these functions write. Version 1: this file as first released.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The layout these functions write. Version 1: this file as first released. Version 2:
+/// the per-shard expiry index ([`Keys::expiries`]), and entries carrying supersession,
+/// versions and expiry (see `migrations/redis-0002-expiry.md`).
+pub const LAYOUT_VERSION: u32 = 2;
 /// Entries kept per shard stream; a node that falls further behind rebuilds the scopes
 /// of that shard instead of replaying.
 pub const STREAM_MAX_LEN: usize = 10_000;
@@ -191,6 +193,11 @@ impl Keys {
     }
 
     /// The shard's change stream.
+    /// Sorted set of the shard's expiring entries: member = entry id, score = expiry (ms).
+    pub fn expiries(&self, shard: u16) -> String {
+        format!("{}:exp", self.tag(shard))
+    }
+
     pub fn changes(&self, shard: u16) -> String {
         format!("{}:changes", self.tag(shard))
     }

@@ -69,6 +69,12 @@ impl RedisStore {
                     supported: layout::LAYOUT_VERSION,
                 })
             }
+            // Version 1 holds no expiring entries and nothing that moves: recording the
+            // new version is the whole upgrade, and keeps older nodes (which would drop the
+            // new record fields on rewrite) out.
+            Some(v) if v < layout::LAYOUT_VERSION => conn.query::<()>(
+                redis::cmd("SET").arg(keys.meta_layout()).arg(layout::LAYOUT_VERSION).clone(),
+            )?,
             Some(_) => {}
         }
         let dimension: Option<u32> = conn.query(redis::cmd("GET").arg(keys.meta_dimension()).clone())?;
@@ -122,7 +128,30 @@ impl MemoryStore for RedisStore {
         self.replace_record(entry, preconditions)
     }
     fn delete_entry(&self, id: Ulid) -> Result<bool> {
-        Ok(!self.delete_entries(&[id])?.is_empty())
+        Ok(!RedisStore::delete_entries(self, &[id])?.is_empty())
+    }
+    fn delete_entries(&self, ids: &[Ulid]) -> Result<Vec<Ulid>> {
+        RedisStore::delete_entries(self, ids)
+    }
+    fn expired_entries(&self, now_ms: i64, limit: usize) -> Result<Vec<Ulid>> {
+        let mut out = Vec::new();
+        for shard in 0..layout::SHARDS {
+            let left = limit.saturating_sub(out.len());
+            if left == 0 {
+                break;
+            }
+            let cmd = redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.expiries(shard))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(left)
+                .clone();
+            let ids: Vec<Vec<u8>> = self.conn.query(cmd)?;
+            out.extend(ids.iter().filter_map(|b| crate::store::records::ulid_from_bytes(b)));
+        }
+        Ok(out)
     }
     fn get_entry(&self, id: Ulid) -> Result<Option<MemoryEntry>> {
         self.read_entry(id)
