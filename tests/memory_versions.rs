@@ -116,7 +116,10 @@ fn a_newer_fact_supersedes_the_older_which_stays_in_history_and_returns_when_it_
     // Deleting the newer fact makes the older one current again.
     assert_eq!(server.call("DELETE", &format!("/v1/memories/{}", id(&porto)), ACME, None).0, 204);
     let (_, old) = server.call("GET", &format!("/v1/memories/{}", id(&lyon)), ACME, None);
-    assert_eq!((old["current"].clone(), old["valid_to"].clone(), old["superseded_by"].clone()), (json!(true), Value::Null, Value::Null));
+    assert_eq!(
+        (old["current"].clone(), old["valid_to"].clone(), old["superseded_by"].clone()),
+        (json!(true), Value::Null, Value::Null)
+    );
     assert_eq!(ask(json!({})), vec![LYON]);
 
     // It all survives a restart.
@@ -212,7 +215,8 @@ fn edits_keep_their_history() {
     let versions = h["versions"].as_array().unwrap();
     let texts: Vec<&str> = versions.iter().map(|v| v["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["Finn's locker code is 1234.", "Finn's locker code is 9876.", "Finn's locker code is 9876."]);
-    let events: Vec<(&str, Value)> = versions.iter().map(|v| (v["event"].as_str().unwrap(), v["changed"].clone())).collect();
+    let events: Vec<(&str, Value)> =
+        versions.iter().map(|v| (v["event"].as_str().unwrap(), v["changed"].clone())).collect();
     assert_eq!(
         events,
         [("created", json!([])), ("edited", json!(["text"])), ("edited", json!(["metadata", "importance"]))]
@@ -244,13 +248,23 @@ fn expired_memories_leave_search_at_once_and_are_purged() {
     assert_eq!(status, 400, "an expiry in the past: {v}");
     assert_eq!(v["error"]["param"], "expires_at", "{v}");
 
-    let in_ms = |ms: i64| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + ms;
-    let brief = add(&server, ACME, json!({ "user_id": "gus", "text": "Gus is parked on level 3 today.", "expires_at": in_ms(4_000) }));
-    let kept = add(&server, ACME, json!({ "user_id": "gus", "text": "Gus parks a green hatchback.", "expires_at": in_ms(4_000) }));
+    let in_ms =
+        |ms: i64| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + ms;
+    let brief = add(
+        &server,
+        ACME,
+        json!({ "user_id": "gus", "text": "Gus is parked on level 3 today.", "expires_at": in_ms(4_000) }),
+    );
+    let kept = add(
+        &server,
+        ACME,
+        json!({ "user_id": "gus", "text": "Gus parks a green hatchback.", "expires_at": in_ms(4_000) }),
+    );
     let lasting = add(&server, ACME, json!({ "user_id": "gus", "text": "Gus works on level 5 of the tower." }));
     assert!(brief["expires_at"].is_string(), "{brief}");
     // Lifting an expiry keeps the memory.
-    let (status, v) = server.call("PATCH", &format!("/v1/memories/{}", id(&kept)), ACME, Some(&json!({ "expires_at": null })));
+    let (status, v) =
+        server.call("PATCH", &format!("/v1/memories/{}", id(&kept)), ACME, Some(&json!({ "expires_at": null })));
     assert_eq!((status, v["expires_at"].clone()), (200, Value::Null), "{v}");
     let q = json!({ "query": "where is Gus parked", "user_id": "gus", "k": 5 });
     assert_eq!(search(&server, q.clone()).len(), 3);

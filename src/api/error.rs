@@ -145,6 +145,7 @@ impl From<MemoryError> for ApiError {
             MemoryError::Store(e) => e.into(),
             MemoryError::Engine(e) => e.into(),
             MemoryError::Invalid(m) => ApiError::bad_request(m),
+            MemoryError::InvalidField { field, message } => ApiError::invalid_field(&field, message),
             MemoryError::TooLarge { field, message } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).with_param(field)
             }

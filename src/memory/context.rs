@@ -177,7 +177,17 @@ pub fn format_date(ms: i64) -> String {
 /// `March 2025` (UTC) for milliseconds since the Unix epoch.
 pub fn format_month(ms: i64) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
         "December",
     ];
     let (y, m, _) = civil_from_days(ms.div_euclid(86_400_000));

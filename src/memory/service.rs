@@ -36,6 +36,9 @@ pub enum MemoryError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Invalid(String),
+    /// A 400 about one request field, which the API names in `param`.
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
     /// A field over one of the configured limits (HTTP 413).
     #[error("{message}")]
     TooLarge { field: &'static str, message: String },
@@ -295,7 +298,7 @@ impl MemoryService {
             )));
         }
         if m.expires_at_ms.is_some_and(|t| t <= now_ms()) {
-            return Err(MemoryError::Invalid("expires_at is in the past".into()));
+            return Err(MemoryError::InvalidField { field: "expires_at".into(), message: "is in the past".into() });
         }
         self.add_with_source(tenant, m, None).await
     }
@@ -360,12 +363,15 @@ impl MemoryService {
         let parsed = parse_ids("supersedes", ids)?;
         for (i, id) in ids.iter().enumerate() {
             let owned = match self.get(tenant, id).await {
-                Ok(e) => e.scope.is_some_and(|s| s.user_id == user) && e.kind() != Kind::Knowledge,
+                Ok(e) => e.scope.as_ref().is_some_and(|s| s.user_id == user) && e.kind() != Kind::Knowledge,
                 Err(MemoryError::NotFound(_)) => false,
                 Err(e) => return Err(e),
             };
             if !owned {
-                return Err(MemoryError::Invalid(format!("supersedes[{i}]: no memory {id} of user {user}")));
+                return Err(MemoryError::InvalidField {
+                    field: format!("supersedes[{i}]"),
+                    message: format!("no memory {id} of user {user}"),
+                });
             }
         }
         Ok(parsed)
@@ -429,7 +435,7 @@ impl MemoryService {
         }
         if let Some(expires) = patch.expires_at_ms {
             if expires.is_some_and(|t| t <= now_ms()) {
-                return Err(MemoryError::Invalid("expires_at is in the past".into()));
+                return Err(MemoryError::InvalidField { field: "expires_at".into(), message: "is in the past".into() });
             }
             entry.expires_at_ms = expires;
         }

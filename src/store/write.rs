@@ -583,7 +583,8 @@ impl Store {
                 plan_supersession(record, olds, at)?
             }
             None => {
-                let stored = self.get_entry(target.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", target.id)))?;
+                let stored =
+                    self.get_entry(target.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", target.id)))?;
                 let mut record = stored.clone();
                 let changed = plan_supersession(&mut record, olds, now_ms())?;
                 record.point_id = self.allocate_point();
@@ -856,7 +857,11 @@ pub(super) fn validate_session(s: &Session) -> Result<()> {
 /// another tenant or user, the target itself, and one already superseded by another
 /// memory (superseding twice would leave two "newer" versions). Re-asserting a memory
 /// that was superseded by one of `olds` makes it current again.
-pub(crate) fn plan_supersession(target: &mut MemoryEntry, olds: Vec<MemoryEntry>, at_ms: i64) -> Result<Vec<MemoryEntry>> {
+pub(crate) fn plan_supersession(
+    target: &mut MemoryEntry,
+    olds: Vec<MemoryEntry>,
+    at_ms: i64,
+) -> Result<Vec<MemoryEntry>> {
     let target_id = target.ulid().ok_or_else(|| invalid("id must be a 16-byte ULID"))?;
     let owner = |e: &MemoryEntry| e.scope.as_ref().map(|s| (s.tenant.clone(), s.user_id.clone()));
     let mut changed = Vec::with_capacity(olds.len());

@@ -72,9 +72,9 @@ impl RedisStore {
             // Version 1 holds no expiring entries and nothing that moves: recording the
             // new version is the whole upgrade, and keeps older nodes (which would drop the
             // new record fields on rewrite) out.
-            Some(v) if v < layout::LAYOUT_VERSION => conn.query::<()>(
-                redis::cmd("SET").arg(keys.meta_layout()).arg(layout::LAYOUT_VERSION).clone(),
-            )?,
+            Some(v) if v < layout::LAYOUT_VERSION => {
+                conn.query::<()>(redis::cmd("SET").arg(keys.meta_layout()).arg(layout::LAYOUT_VERSION).clone())?
+            }
             Some(_) => {}
         }
         let dimension: Option<u32> = conn.query(redis::cmd("GET").arg(keys.meta_dimension()).clone())?;
