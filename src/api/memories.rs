@@ -60,31 +60,40 @@ fn optional_time(ms: Option<i64>) -> Value {
     ms.map(rfc3339).unwrap_or(Value::Null)
 }
 
+/// `fields` (an object) with whether the memory holds and since when, and which memories
+/// replaced it or it replaced: what every view of a memory carries.
+fn with_validity(e: &MemoryEntry, mut fields: Value) -> Value {
+    fields["current"] = e.is_current().into();
+    fields["valid_from"] = rfc3339(e.valid_since_ms());
+    fields["valid_to"] = optional_time(e.valid_to_ms);
+    fields["superseded_by"] = json!(ulid_from_bytes(&e.superseded_by).map(|u| u.to_string()));
+    fields["supersedes"] = json!(ids_of(&e.supersedes));
+    fields
+}
+
 /// A memory as the API shows it.
 pub fn memory_json(e: &MemoryEntry) -> Value {
     let scope = e.scope.clone().unwrap_or_default();
-    json!({
-        "current": e.superseded_by.is_empty(),
-        "valid_from": rfc3339(e.valid_from_ms.unwrap_or(e.created_at_ms)),
-        "valid_to": optional_time(e.valid_to_ms),
-        "superseded_by": ulid_from_bytes(&e.superseded_by).map(|u| u.to_string()),
-        "supersedes": ids_of(&e.supersedes),
-        "expires_at": optional_time(e.expires_at_ms),
-        "version": e.versions.len() + 1,
-        "id": e.ulid().map(|u| u.to_string()),
-        "kind": e.kind().name(),
-        "text": e.text,
-        "user_id": scope.user_id,
-        "agent_id": (!scope.agent_id.is_empty()).then_some(scope.agent_id),
-        "session_id": (!scope.session_id.is_empty()).then_some(scope.session_id),
-        "metadata": metadata_of(e),
-        "importance": e.importance,
-        "created_at": rfc3339(e.created_at_ms),
-        "updated_at": rfc3339(e.updated_at_ms),
-        "last_accessed_at": (e.last_accessed_at_ms > 0).then(|| rfc3339(e.last_accessed_at_ms)),
-        "access_count": e.access_count,
-        "source": source_of(e),
-    })
+    with_validity(
+        e,
+        json!({
+            "expires_at": optional_time(e.expires_at_ms),
+            "version": e.versions.len() + 1,
+            "id": e.ulid().map(|u| u.to_string()),
+            "kind": e.kind().name(),
+            "text": e.text,
+            "user_id": scope.user_id,
+            "agent_id": (!scope.agent_id.is_empty()).then_some(scope.agent_id),
+            "session_id": (!scope.session_id.is_empty()).then_some(scope.session_id),
+            "metadata": metadata_of(e),
+            "importance": e.importance,
+            "created_at": rfc3339(e.created_at_ms),
+            "updated_at": rfc3339(e.updated_at_ms),
+            "last_accessed_at": (e.last_accessed_at_ms > 0).then(|| rfc3339(e.last_accessed_at_ms)),
+            "access_count": e.access_count,
+            "source": source_of(e),
+        }),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,15 +288,7 @@ pub async fn history(
         })
         .collect();
     versions.push(version(e.versions.len() + 1, &e.text, metadata_of(&e), e.importance, e.expires_at_ms));
-    Ok(Json(json!({
-        "id": id,
-        "current": e.superseded_by.is_empty(),
-        "valid_from": rfc3339(e.valid_from_ms.unwrap_or(e.created_at_ms)),
-        "valid_to": optional_time(e.valid_to_ms),
-        "superseded_by": ulid_from_bytes(&e.superseded_by).map(|u| u.to_string()),
-        "supersedes": ids_of(&e.supersedes),
-        "versions": versions,
-    })))
+    Ok(Json(with_validity(&e, json!({ "id": id, "versions": versions }))))
 }
 
 pub async fn delete(
@@ -376,13 +377,11 @@ pub async fn search(
     let results: Vec<Value> = found
         .iter()
         .map(|f| {
-            json!({
+            with_validity(&f.entry, json!({
                 "id": f.entry.ulid().map(|u| u.to_string()), "kind": f.entry.kind().name(), "score": f.score,
                 "text": f.entry.text, "metadata": metadata_of(&f.entry), "created_at": rfc3339(f.entry.created_at_ms),
-                "source": source_of(&f.entry), "current": f.entry.superseded_by.is_empty(),
-                "valid_from": rfc3339(f.entry.valid_from_ms.unwrap_or(f.entry.created_at_ms)),
-                "valid_to": optional_time(f.entry.valid_to_ms),
-            })
+                "source": source_of(&f.entry),
+            }))
         })
         .collect();
     Ok(Json(json!({ "results": results })))

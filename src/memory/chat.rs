@@ -225,7 +225,7 @@ impl Chat {
                 text: f.entry.text.clone(),
                 created_at_ms: f.entry.created_at_ms,
                 valid_since_ms: (!f.entry.supersedes.is_empty() || f.entry.valid_from_ms.is_some())
-                    .then(|| f.entry.valid_from_ms.unwrap_or(f.entry.created_at_ms)),
+                    .then(|| f.entry.valid_since_ms()),
                 source: source_label(&f.entry),
                 score: f.score,
             })

@@ -52,6 +52,16 @@ impl MemoryEntry {
     pub fn ulid(&self) -> Option<Ulid> {
         ulid_from_bytes(&self.id)
     }
+
+    /// Since when the entry holds: its validity start, else its creation.
+    pub fn valid_since_ms(&self) -> i64 {
+        self.valid_from_ms.unwrap_or(self.created_at_ms)
+    }
+
+    /// Not superseded by a newer entry.
+    pub fn is_current(&self) -> bool {
+        self.superseded_by.is_empty()
+    }
 }
 
 impl Scope {

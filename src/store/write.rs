@@ -579,7 +579,7 @@ impl Store {
         let originals = olds.clone();
         let changed = match change.put.iter_mut().find(|(r, _)| r.ulid() == Some(target.id)) {
             Some((record, _)) => {
-                let at = record.valid_from_ms.unwrap_or(record.created_at_ms);
+                let at = record.valid_since_ms();
                 plan_supersession(record, olds, at)?
             }
             None => {
@@ -880,7 +880,7 @@ pub(crate) fn plan_supersession(
             return Err(StoreError::Conflict(format!("memory {id} is already superseded by memory {by}")));
         }
         old.superseded_by = target_id.to_bytes().to_vec().into();
-        old.valid_to_ms = Some(at_ms.max(old.valid_from_ms.unwrap_or(old.created_at_ms)));
+        old.valid_to_ms = Some(at_ms.max(old.valid_since_ms()));
         let listed = id.to_bytes();
         if !target.supersedes.iter().any(|b| b.as_ref() == listed) {
             target.supersedes.push(listed.to_vec().into());

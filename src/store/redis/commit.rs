@@ -422,7 +422,7 @@ impl RedisStore {
                 }
                 if supersedes {
                     let mut target = record.clone();
-                    let at = target.valid_from_ms.unwrap_or(target.created_at_ms);
+                    let at = target.valid_since_ms();
                     self.plan_supersession(tx, &mut target, &extras.supersedes, at)?;
                     tx.put_entry(&target, id);
                 } else {
