@@ -236,6 +236,51 @@ fn edits_keep_their_history() {
 }
 
 #[test]
+fn concurrent_edits_and_a_supersession_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let m = add(&server, ACME, json!({ "user_id": "gale", "text": "Gale parks in bay 14.", "importance": 0.05 }));
+    let path = format!("/v1/memories/{}", id(&m));
+    const EDITS: usize = 6;
+    let successor = std::thread::scope(|s| {
+        let patcher = |field: &'static str| {
+            let (server, path) = (&server, &path);
+            s.spawn(move || {
+                for i in 0..EDITS {
+                    let body = match field {
+                        "metadata" => json!({ "metadata": { "n": i } }),
+                        _ => json!({ "importance": 0.1 * (i + 1) as f64 }),
+                    };
+                    let (status, v) = server.call("PATCH", path, ACME, Some(&body));
+                    assert_eq!(status, 200, "{field} edit {i}: {v}");
+                }
+            })
+        };
+        let (a, b) = (patcher("metadata"), patcher("importance"));
+        let newer = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            add(&server, ACME, json!({ "user_id": "gale", "text": "Gale parks in bay 3 now.", "supersedes": [id(&m)] }))
+        });
+        a.join().unwrap();
+        b.join().unwrap();
+        newer.join().unwrap()
+    });
+    let (status, stored) = server.call("GET", &path, ACME, None);
+    assert_eq!(status, 200, "{stored}");
+    // No edit undid the supersession, and none undid another edit.
+    assert_eq!(stored["superseded_by"], successor["id"], "{stored}");
+    assert_eq!(stored["current"], false, "{stored}");
+    assert_eq!(stored["metadata"], json!({ "n": EDITS - 1 }), "{stored}");
+    assert!((stored["importance"].as_f64().unwrap() - 0.1 * EDITS as f64).abs() < 1e-6, "{stored}");
+    let (_, h) = server.call("GET", &format!("{path}/history"), ACME, None);
+    let versions = h["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1 + 2 * EDITS, "every edit left its version: {h}");
+    let changed: Vec<Value> = versions.iter().skip(1).map(|v| v["changed"].clone()).collect();
+    assert_eq!(changed.iter().filter(|c| **c == json!(["metadata"])).count(), EDITS, "{h}");
+    assert_eq!(changed.iter().filter(|c| **c == json!(["importance"])).count(), EDITS, "{h}");
+}
+
+#[test]
 fn expired_memories_leave_search_at_once_and_are_purged() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());

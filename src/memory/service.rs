@@ -119,6 +119,9 @@ pub const MAX_SUPERSEDED: usize = 32;
 /// Previous versions kept per memory: the oldest go first past it.
 pub const MAX_VERSIONS: usize = 32;
 
+/// How often an edit is applied again when the memory keeps changing under it.
+const EDIT_ATTEMPTS: u32 = 8;
+
 /// What a search looks in, and how much it returns.
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
@@ -355,10 +358,10 @@ impl MemoryService {
     /// (The store checks ownership again in the commit, against a concurrent change.)
     async fn superseded(&self, tenant: &str, user: &str, ids: &[String]) -> Result<Vec<Ulid>, MemoryError> {
         if ids.len() > MAX_SUPERSEDED {
-            return Err(MemoryError::Invalid(format!(
-                "supersedes: at most {MAX_SUPERSEDED} memories per write, got {}",
-                ids.len()
-            )));
+            return Err(MemoryError::InvalidField {
+                field: "supersedes".into(),
+                message: format!("at most {MAX_SUPERSEDED} memories per write, got {}", ids.len()),
+            });
         }
         let parsed = parse_ids("supersedes", ids)?;
         for (i, id) in ids.iter().enumerate() {
@@ -409,21 +412,51 @@ impl MemoryService {
         Ok(page)
     }
 
-    /// Edits a memory; a new text is embedded again.
+    /// Edits a memory; a new text is embedded again. The edit is a compare-and-swap on
+    /// the memory as read ([`Precondition::EntryUnchanged`]): when another edit or a
+    /// supersession lands first, it is applied again on top of that, so neither is lost.
     pub async fn update(&self, tenant: &str, id: &str, patch: MemoryPatch) -> Result<MemoryEntry, MemoryError> {
-        let mut entry = self.get(tenant, id).await?;
-        let before = entry.clone();
-        let user = entry.scope.as_ref().map(|s| s.user_id.clone()).unwrap_or_default();
-        let guard = self.erase_guard(tenant, &user).await?;
-        if let Some(text) = patch.text {
-            self.limits.memory_text("text", &text)?;
-            if text != entry.text {
-                entry.embedding = self.embed_one(&text).await?;
-                entry.text = text;
+        let mut embedded = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_update(tenant, id, &patch, &mut embedded).await {
+                Err(MemoryError::Store(StoreError::Conflict(why))) if attempt < EDIT_ATTEMPTS => {
+                    tracing::debug!(id, attempt, %why, "memory changed under an edit; applying it again");
+                }
+                done => return done,
             }
         }
-        if let Some(metadata) = patch.metadata {
-            self.limits.metadata("metadata", &metadata)?;
+    }
+
+    /// One try of [`MemoryService::update`]. `embedded` keeps the new text's vector
+    /// between tries.
+    async fn try_update(
+        &self,
+        tenant: &str,
+        id: &str,
+        patch: &MemoryPatch,
+        embedded: &mut Option<Vec<f32>>,
+    ) -> Result<MemoryEntry, MemoryError> {
+        let mut entry = self.get(tenant, id).await?;
+        let before = entry.clone();
+        let ulid = entry.ulid().ok_or_else(|| MemoryError::NotFound(format!("memory {id}")))?;
+        let user = entry.scope.as_ref().map(|s| s.user_id.clone()).unwrap_or_default();
+        let guard = self.erase_guard(tenant, &user).await?;
+        if let Some(text) = &patch.text {
+            self.limits.memory_text("text", text)?;
+            if *text != entry.text {
+                let vector = match embedded.take() {
+                    Some(v) => v,
+                    None => self.embed_one(text).await?,
+                };
+                *embedded = Some(vector.clone());
+                entry.embedding = vector;
+                entry.text = text.clone();
+            }
+        }
+        if let Some(metadata) = &patch.metadata {
+            self.limits.metadata("metadata", metadata)?;
             entry.metadata_json = match metadata {
                 serde_json::Value::Null => String::new(),
                 v @ serde_json::Value::Object(_) => v.to_string(),
@@ -456,13 +489,15 @@ impl MemoryService {
         });
         let excess = entry.versions.len().saturating_sub(MAX_VERSIONS);
         entry.versions.drain(..excess);
-        entry.updated_at_ms = now;
+        // Strictly later than the version it replaces, so the history stays ordered even
+        // for two edits within one millisecond.
+        entry.updated_at_ms = now.max(before.updated_at_ms + 1);
+        let unchanged = Precondition::EntryUnchanged { id: ulid, stamp: before.edit_stamp() };
         let store = self.store.clone();
-        let ulid: Ulid = id.parse().map_err(|_| MemoryError::NotFound(format!("memory {id}")))?;
         let updated = blocking(move || {
-            // Fails with NotFound if the memory was deleted meanwhile: an edit never
-            // brings it back.
-            store.replace_entry_guarded(entry, vec![guard])?;
+            // Fails with a conflict if the memory was edited, superseded or deleted
+            // meanwhile: an edit never brings a deleted memory back.
+            store.replace_entry_guarded(entry, vec![guard, unchanged])?;
             store.get_entry(ulid)?.ok_or_else(|| StoreError::NotFound(format!("memory {ulid}")))
         })
         .await?;

@@ -7,6 +7,7 @@ include!(concat!(env!("OUT_DIR"), "/engram.store.v1.rs"));
 use std::fmt;
 use std::str::FromStr;
 
+use prost::Message;
 use ulid::Ulid;
 
 impl Kind {
@@ -61,6 +62,17 @@ impl MemoryEntry {
     /// Not superseded by a newer entry.
     pub fn is_current(&self) -> bool {
         self.superseded_by.is_empty()
+    }
+
+    /// The record as an editor sees it: everything but what retrieval bumps on its own
+    /// (access statistics) and what the store assigns (the index point). Two reads with
+    /// equal stamps saw the same memory, so an edit based on one may replace the other.
+    pub fn edit_stamp(&self) -> Vec<u8> {
+        let mut e = self.clone();
+        e.access_count = 0;
+        e.last_accessed_at_ms = 0;
+        e.point_id = 0;
+        e.encode_to_vec()
     }
 }
 

@@ -60,6 +60,10 @@ pub enum Precondition {
     NotErasedSince { tenant: String, user_id: String, epoch: u64 },
     /// The ingestion job is on record and still pending (not cancelled, not finished).
     JobPending(Ulid),
+    /// The entry is stored and unchanged since it was read: its
+    /// [`MemoryEntry::edit_stamp`] is still `stamp`. Makes an edit a compare-and-swap,
+    /// so it cannot undo a concurrent edit or supersession.
+    EntryUnchanged { id: Ulid, stamp: Vec<u8> },
 }
 
 /// A session record to store, and the revision its writer read: 0 when it did not exist.
@@ -229,6 +233,11 @@ impl From<StoreErrorInTx> for TxError {
     }
 }
 
+/// The conflict of a failed [`Precondition::EntryUnchanged`].
+pub(crate) fn entry_changed(id: Ulid) -> String {
+    format!("memory {id} was changed or deleted while this edit ran; nothing was stored")
+}
+
 /// A store error raised while decoding inside a transaction.
 struct StoreErrorInTx(StoreError);
 
@@ -298,6 +307,16 @@ impl Tx<'_> {
                 };
                 if !pending {
                     return Err(conflict(format!("job {id} was cancelled; nothing of it was stored")));
+                }
+            }
+            Precondition::EntryUnchanged { id, stamp } => {
+                let key = id.to_bytes();
+                let same = match self.entries.get(key)? {
+                    Some(v) => decode_in_tx::<MemoryEntry>("entries", &key, &v)?.edit_stamp() == *stamp,
+                    None => false,
+                };
+                if !same {
+                    return Err(conflict(entry_changed(*id)));
                 }
             }
         }

@@ -344,7 +344,7 @@ impl RedisStore {
                 Precondition::NotErasedSince { tenant, user_id, .. } => {
                     shards.push(ScopeKey::new(tenant, user_id).shard())
                 }
-                Precondition::JobPending(id) => {
+                Precondition::JobPending(id) | Precondition::EntryUnchanged { id, .. } => {
                     if let Some(shard) = self.shard_of_id(*id)? {
                         shards.push(shard);
                     }
@@ -492,6 +492,16 @@ impl RedisStore {
                     }
                     _ => return Err(conflict(format!("job {id} was cancelled; nothing of it was stored"))),
                 }
+            }
+            Precondition::EntryUnchanged { id, stamp } => {
+                let key = self.keys.entry(tx.shard, *id);
+                let bytes = self.get_bytes(&key)?;
+                let stored = bytes.as_deref().map(|b| decode::<MemoryEntry>(&key, b)).transpose()?;
+                if stored.is_none_or(|e| e.edit_stamp() != *stamp) {
+                    return Err(conflict(crate::store::write::entry_changed(*id)));
+                }
+                // Guarded on the bytes: an access count bumped meanwhile only plans again.
+                tx.guard(key, bytes.as_deref());
             }
         }
         Ok(())
