@@ -46,7 +46,7 @@ TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGE
 # build with the `failpoints` feature (fault injection); `make run` does not.
 # The API suite then runs a second time on the redis-cluster backend (a real cluster the
 # tests start; see tests/common/cluster.rs).
-API_TESTS := memories_api memory_versions chat_api chat_restart documents_api attacks openai_client cli_remote hostile_documents eval_retrieval
+API_TESTS := memories_api memory_versions attribution chat_api chat_restart documents_api attacks openai_client cli_remote hostile_documents eval_retrieval
 
 test: setup $(TEST_STAMP)
 	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release --features failpoints

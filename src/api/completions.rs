@@ -112,6 +112,7 @@ impl CompletionRequest {
             logprobs: self.logprobs,
             // Raw completions belong to no session: nothing to continue or keep.
             cache_key: None,
+            attend_spans: Vec::new(),
         };
         let answer = Answer {
             echo: if self.echo == Some(true) { text } else { String::new() },

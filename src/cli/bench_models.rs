@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::model::attention_probe::{attribution_layers, AttentionProbe};
 use crate::model::embedder::{Embedder, EmbedderOptions};
 use crate::model::llama_loader::WeightFormat;
 use crate::model::sampling::argmax;
@@ -133,21 +134,44 @@ pub fn bench_generate(
         let vocab = llama.config().vocab_size as u32;
         // A deterministic prompt of ordinary tokens (ids spread over the vocabulary).
         let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| 100 + (i * 7919) % (vocab - 200)).collect();
-        let mut cache = llama.new_cache();
-        let started = Instant::now();
-        let mut logits = llama.forward(&prompt, &mut cache)?;
-        let prefill = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let mut generated = Vec::with_capacity(new_tokens);
-        for _ in 0..new_tokens {
-            let next = argmax(&logits);
-            generated.push(next);
-            logits = llama.forward(&[next], &mut cache)?;
+        // One prefill and greedy decode, with chat attribution's probe (`chat.attribution`)
+        // on or off: (prefill s, decode s, tokens, the probe's share on the prompt).
+        let layers = attribution_layers(llama.config().num_layers);
+        let run = |probed: bool| -> anyhow::Result<(f64, f64, Vec<u32>, f32)> {
+            let mut probe = AttentionProbe::new(layers, prompt_tokens + new_tokens + 1, device.0)?;
+            let mut probe = probed.then_some(&mut probe);
+            let mut cache = llama.new_cache();
+            let started = Instant::now();
+            let mut logits = llama.forward_probed(&prompt, &mut cache, probe.as_deref_mut())?;
+            let prefill = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            let mut generated = Vec::with_capacity(new_tokens);
+            for _ in 0..new_tokens {
+                let next = argmax(&logits);
+                generated.push(next);
+                logits = llama.forward_probed(&[next], &mut cache, probe.as_deref_mut())?;
+            }
+            let decode = started.elapsed().as_secs_f64();
+            let share = match probe {
+                Some(p) => p.shares(&[0..prompt_tokens])?[0],
+                None => 0.0,
+            };
+            Ok((prefill, decode, generated, share))
+        };
+        // Off and on twice each, interleaved, best of each: the first run also warms caches.
+        let (mut prefill, mut decode, mut probed, mut prompt_share) = (f64::MAX, f64::MAX, f64::MAX, 0.0);
+        let mut generated = Vec::new();
+        for _ in 0..2 {
+            let (p, d, g, _) = run(false)?;
+            (prefill, decode, generated) = (prefill.min(p), decode.min(d), g);
+            let (_, d, g, share) = run(true)?;
+            anyhow::ensure!(g == generated, "attribution changed the greedy tokens");
+            (probed, prompt_share) = (probed.min(d), share);
         }
-        let decode = started.elapsed().as_secs_f64();
         let bytes = llama.weight_bytes_per_token();
         let bound = bandwidth / bytes as f64;
         let (prefill_rate, decode_rate) = (prompt_tokens as f64 / prefill, new_tokens as f64 / decode);
+        let probed_rate = new_tokens as f64 / probed;
         println!(
             "{label:>12}: decode {decode_rate:6.1} tokens/s, prefill {prefill_rate:6.1} tokens/s; {:.1} MB read per \
              token, bandwidth bound {bound:.1} tokens/s ({:.0}% of it); loaded in {:.1}s",
@@ -155,7 +179,15 @@ pub fn bench_generate(
             100.0 * decode_rate / bound,
             load.as_secs_f64()
         );
+        println!(
+            "{:>12}  with attribution (last {layers} layers probed): decode {probed_rate:6.1} tokens/s ({:.2}x); \
+             {:.0}% of the attention on the prompt",
+            "",
+            probed_rate / decode_rate,
+            100.0 * prompt_share
+        );
         results.push(json!({ "weights": label, "decode_tokens_per_s": decode_rate,
+                             "decode_with_attribution_tokens_per_s": probed_rate,
                              "prefill_tokens_per_s": prefill_rate, "bytes_per_token": bytes,
                              "bandwidth_bound_tokens_per_s": bound }));
         greedy.push(generated);

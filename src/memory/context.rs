@@ -41,6 +41,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use crate::model::chat_template::ChatMessage;
 
@@ -135,6 +136,10 @@ pub struct AssembledContext {
     pub sections: BTreeMap<String, usize>,
     /// Ids of the memories kept, best first (the order they appear in).
     pub used_memories: Vec<String>,
+    /// Where each kept memory's line lies in `prompt` (byte range), in the order of
+    /// `used_memories`; empty when the template changed the text so that it cannot be
+    /// found.
+    pub memory_spans: Vec<Range<usize>>,
     /// Whether the rolling summary made it in.
     pub summary_included: bool,
     /// Oldest turns left out.
@@ -379,11 +384,13 @@ pub fn assemble(req: &ContextRequest, r: &dyn PromptRenderer) -> Result<Assemble
     let parts: usize = sections.values().sum();
     sections.insert("template".to_string(), prompt_tokens.saturating_sub(parts));
 
+    let memory_spans = locate_memories(&prompt, &lines[..sel.memories], req.message);
     Ok(AssembledContext {
         prompt,
         messages,
         prompt_tokens,
         sections,
+        memory_spans,
         used_memories: ranked[..sel.memories].iter().map(|m| m.id.clone()).collect(),
         summary_included: sel.summary,
         dropped_turns: sel.first_turn,
@@ -403,6 +410,29 @@ fn probe_message_overhead(req: &ContextRequest, r: &dyn PromptRenderer, bare_tok
     let prompt = r.render(&build_messages(&probe, &[], None, &sel)).ok()?;
     let growth = r.count_tokens(&prompt).saturating_sub(bare_tokens + 2 * r.count_tokens(WORD));
     Some(growth.div_ceil(2))
+}
+
+/// The byte range of each memory line in the rendered prompt: the memory block is found
+/// where it leads the final user message (the last place it occurs with the message after
+/// it), and its lines lie at known offsets within it.
+fn locate_memories(prompt: &str, lines: &[String], message: &str) -> Vec<Range<usize>> {
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let block = memory_block(lines);
+    let Some(start) = prompt.rfind(&format!("{block}\n\n{message}")) else {
+        return Vec::new();
+    };
+    let mut at = start + MEMORIES_HEADING.len();
+    lines
+        .iter()
+        .map(|line| {
+            at += "\n- ".len();
+            let span = at..at + line.len();
+            at = span.end;
+            span
+        })
+        .collect()
 }
 
 /// The memory block: heading, then one memory per line.
@@ -515,6 +545,26 @@ mod tests {
             context_window: window,
             reply_reserve: 10,
         }
+    }
+
+    #[test]
+    fn memory_spans_point_at_each_kept_line_even_when_the_message_repeats_the_block() {
+        let mems = [memory("a", 0.9, "alpha fact"), memory("b", 0.5, "beta fact"), memory("c", 0.7, "gamma")];
+        // A message that quotes a memory line and the heading must not be taken for the block.
+        let quoted = format!("{MEMORIES_HEADING}\n- {} hi", format_memory(&mems[0]));
+        let req = ContextRequest { message: &quoted, ..request(&mems, &[], 1000) };
+        let ctx = assemble(&req, &Fake::default()).unwrap();
+        assert_eq!(ctx.used_memories, ["a", "c", "b"]);
+        assert_eq!(ctx.memory_spans.len(), 3);
+        for (span, id) in ctx.memory_spans.iter().zip(&ctx.used_memories) {
+            let m = mems.iter().find(|m| m.id == *id).unwrap();
+            assert_eq!(&ctx.prompt[span.clone()], format_memory(m));
+        }
+        let message_at = ctx.prompt.rfind(&quoted).unwrap();
+        assert!(ctx.memory_spans.iter().all(|s| s.end < message_at), "{:?} vs {message_at}", ctx.memory_spans);
+        // No memories kept, no spans.
+        let none = assemble(&request(&[], &[], 1000), &Fake::default()).unwrap();
+        assert!(none.memory_spans.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! caller that reads slowly or not at all; a caller that goes away (a dropped receiver)
 //! stops its generation at the next token.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::attention_probe::{attribution_layers, AttentionProbe};
 use super::chat_template::{ChatMessage, ChatTemplate};
 use super::engine_error::EngineError;
 use super::gguf::GgufFile;
@@ -67,6 +69,10 @@ pub struct GenerateRequest {
     /// The session this prompt continues: its attention cache is reused for the prefix
     /// the prompt shares with the session's previous one, and kept for the next.
     pub cache_key: Option<CacheKey>,
+    /// Byte ranges of `prompt` whose share of the reply's attention to report, as
+    /// [`GenerationSummary::attention_shares`] (see [`AttentionProbe`]); empty: nothing
+    /// is probed and generation runs at full speed. Ignored with `prompt_ids`.
+    pub attend_spans: Vec<Range<usize>>,
 }
 
 /// One generated token with its log-probability under the model (the log-softmax of its
@@ -104,6 +110,9 @@ pub struct GenerationSummary {
     pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// Per [`GenerateRequest::attend_spans`] entry, in order, the attention its tokens got.
+    #[serde(skip)]
+    pub attention: Vec<SpanAttention>,
     /// Per generated token, when the request asked for log-probabilities: filled by
     /// [`Generator::generate_text`] (a stream carries them as events instead).
     #[serde(skip)]
@@ -112,6 +121,26 @@ pub struct GenerationSummary {
     pub prefill: Duration,
     #[serde(skip)]
     pub decode: Duration,
+}
+
+/// How much of a reply's attention a stretch of its prompt got.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpanAttention {
+    /// The share of the attention, 0 to 1 (see [`AttentionProbe`]).
+    pub share: f32,
+    /// The prompt tokens the stretch covers.
+    pub tokens: usize,
+}
+
+impl SpanAttention {
+    /// The attention per token against an even spread over the prompt's `prompt_tokens`
+    /// (1: as much as an average stretch of the prompt of the same length).
+    pub fn lift(&self, prompt_tokens: usize) -> f32 {
+        if self.tokens == 0 {
+            return 0.0;
+        }
+        self.share * prompt_tokens as f32 / self.tokens as f32
+    }
 }
 
 /// What the stream carries: text pieces, then exactly one `Done` or `Failed`. When asked
@@ -133,6 +162,8 @@ struct Job {
     stop: Vec<String>,
     logprobs: Option<usize>,
     cache_key: Option<CacheKey>,
+    /// Token ranges of the prompt to attribute the reply to (see `attend_spans`).
+    spans: Vec<Range<usize>>,
     events: mpsc::UnboundedSender<GenerationEvent>,
     span: tracing::Span,
 }
@@ -270,7 +301,7 @@ impl Generator {
         if let Some((id, _)) = req.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
             return Err(EngineError::Invalid(format!("logit_bias: token {id} is outside the vocabulary of {vocab}")));
         }
-        let (prompt_ids, req) = self.tokenize_prompt(req).await?;
+        let (prompt_ids, spans, req) = self.tokenize_prompt(req).await?;
         if let Some(id) = prompt_ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(EngineError::Invalid(format!("prompt: token {id} is outside the vocabulary of {vocab}")));
         }
@@ -296,6 +327,7 @@ impl Generator {
             stop: req.stop,
             logprobs: req.logprobs,
             cache_key: req.cache_key,
+            spans,
             events,
             span: tracing::Span::current(),
         };
@@ -308,22 +340,31 @@ impl Generator {
         Ok(stream)
     }
 
-    /// The prompt's token ids: as given, or the prompt text tokenised. Tokenising a long
-    /// prompt takes milliseconds of CPU, so it runs on the blocking pool rather than on
-    /// the async worker that called. The request comes back for the rest of its fields.
-    async fn tokenize_prompt(&self, mut req: GenerateRequest) -> Result<(Vec<u32>, GenerateRequest), EngineError> {
+    /// The prompt's token ids: as given, or the prompt text tokenised; and the token
+    /// ranges of `attend_spans`. Tokenising a long prompt takes milliseconds of CPU, so it
+    /// runs on the blocking pool rather than on the async worker that called. The
+    /// request comes back for the rest of its fields.
+    async fn tokenize_prompt(
+        &self,
+        mut req: GenerateRequest,
+    ) -> Result<(Vec<u32>, Vec<Range<usize>>, GenerateRequest), EngineError> {
         if let Some(ids) = req.prompt_ids.take() {
-            return Ok((ids, req));
+            return Ok((ids, Vec::new(), req));
         }
         let tokenizer = self.tokenizer.clone();
         let (encoded, req) = tokio::task::spawn_blocking(move || {
             // The template already wrote any BOS it wants, so no special tokens are added.
-            (tokenizer.encode(&req.prompt, false), req)
+            let encoded = tokenizer.encode(&req.prompt, false).map(|ids| {
+                let lens = ids.iter().map(|&id| tokenizer.token_bytes(id).len());
+                let spans = token_spans(lens, req.prompt.len(), &req.attend_spans);
+                (ids, spans)
+            });
+            (encoded, req)
         })
         .await
         .map_err(|e| EngineError::Runtime { model: "chat model", reason: format!("tokenising the prompt: {e}") })?;
-        let ids = encoded.map_err(|e| EngineError::Invalid(e.to_string()))?;
-        Ok((ids, req))
+        let (ids, spans) = encoded.map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok((ids, spans, req))
     }
 
     /// Generates to the end and returns the whole text with its summary.
@@ -341,6 +382,43 @@ impl Generator {
         }
         Err(EngineError::Stopped("chat model"))
     }
+}
+
+/// The token ranges covering byte ranges `spans` of a prompt of `prompt_len` bytes
+/// whose tokens are `token_lens` bytes long: a token belongs to a span when any of its
+/// bytes does. Token bytes laid end to end give the prompt back (byte-level BPE); if they
+/// do not, attribution cannot be placed and every range is empty.
+fn token_spans(
+    token_lens: impl Iterator<Item = usize>,
+    prompt_len: usize,
+    spans: &[Range<usize>],
+) -> Vec<Range<usize>> {
+    if spans.is_empty() {
+        return Vec::new();
+    }
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for len in token_lens {
+        at += len;
+        ends.push(at);
+    }
+    if at != prompt_len {
+        tracing::warn!(tokens_bytes = at, prompt_len, "the prompt's tokens do not spell it; no attribution");
+        return spans.iter().map(|_| 0..0).collect();
+    }
+    spans
+        .iter()
+        .map(|s| {
+            // First token ending after the span starts; first token starting at or after its end.
+            let first = ends.partition_point(|&e| e <= s.start);
+            let last = ends.partition_point(|&e| e < s.end) + 1;
+            if s.is_empty() {
+                first..first
+            } else {
+                first..last.min(ends.len())
+            }
+        })
+        .collect()
 }
 
 /// The model's chat template, or ChatML when the file has none.
@@ -404,8 +482,21 @@ impl Worker {
             })
             .map_err(|e| format!("copying a cached prefix: {e}"))?;
         let cached_tokens = lease.reused;
-        let mut logits =
-            self.model.forward(&job.prompt_ids[cached_tokens..], &mut lease.kv).map_err(|e| e.to_string())?;
+        let mut probe = match job.spans.is_empty() {
+            true => None,
+            false => Some(
+                AttentionProbe::new(
+                    attribution_layers(self.model.config().num_layers),
+                    job.prompt_ids.len() + job.max_tokens,
+                    self.model.device(),
+                )
+                .map_err(|e| format!("setting up attribution: {e}"))?,
+            ),
+        };
+        let mut logits = self
+            .model
+            .forward_probed(&job.prompt_ids[cached_tokens..], &mut lease.kv, probe.as_mut())
+            .map_err(|e| e.to_string())?;
         let prefill = started.elapsed();
         // From here on the cache is handed back however the generation ends (a panic
         // drops it instead). It is kept for the prompt's positions only: the generated
@@ -413,17 +504,25 @@ impl Worker {
         // apart from a prefill's, and the next turn's prompt holds the reply as text that
         // a turn without the cache would prefill — replies must not depend on the cache.
         let mut history = job.prompt_ids.clone();
-        let result = self.decode(&job, &mut lease.kv, &mut logits, &mut history);
+        let result = self.decode(&job, &mut lease.kv, &mut logits, &mut history, probe.as_mut());
         self.prompt_cache.lock().check_in(lease, job.prompt_ids.clone());
         let (generated, finish, decode) = match result? {
             Decoded::Cancelled { completion_tokens } => return Ok(Outcome::Cancelled { completion_tokens }),
             Decoded::Finished { generated, finish, decode } => (generated, finish, decode),
+        };
+        let attention = match &probe {
+            Some(p) => {
+                let shares = p.shares(&job.spans).map_err(|e| format!("reading attribution: {e}"))?;
+                shares.into_iter().zip(&job.spans).map(|(share, s)| SpanAttention { share, tokens: s.len() }).collect()
+            }
+            None => Vec::new(),
         };
         Ok(Outcome::Finished(GenerationSummary {
             prompt_tokens: job.prompt_ids.len(),
             cached_tokens,
             completion_tokens: generated,
             finish_reason: finish,
+            attention,
             logprobs: Vec::new(),
             prefill,
             decode,
@@ -437,6 +536,7 @@ impl Worker {
         cache: &mut KvCache,
         logits: &mut Vec<f32>,
         history: &mut Vec<u32>,
+        mut probe: Option<&mut AttentionProbe>,
     ) -> Result<Decoded, String> {
         let eos = self.tokenizer.eos_id();
         let mut sampler = Sampler::new(job.sampling.clone());
@@ -478,7 +578,7 @@ impl Worker {
             }
             // Where a fault in libtorch would strike (tests inject panics and errors here).
             fail::fail_point!("generator::decode", |reason: Option<String>| Err(reason.unwrap_or_default()));
-            *logits = self.model.forward(&[token], cache).map_err(|e| e.to_string())?;
+            *logits = self.model.forward_probed(&[token], cache, probe.as_deref_mut()).map_err(|e| e.to_string())?;
         }
         let tail = stream.finish();
         if !tail.is_empty() && job.events.send(GenerationEvent::Text(tail)).is_err() {
@@ -492,5 +592,20 @@ impl Worker {
         let (logprob, best) = log_probs(logits, token, top);
         let choice = |id: u32, logprob: f32| TokenChoice { id, bytes: self.tokenizer.token_bytes(id), logprob };
         TokenLogprob { token: choice(token, logprob), top: best.into_iter().map(|(id, l)| choice(id, l)).collect() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_spans;
+
+    #[test]
+    fn byte_spans_become_the_tokens_that_overlap_them() {
+        // Tokens of 3, 2, 4 and 1 bytes: [0,3) [3,5) [5,9) [9,10).
+        let lens = || [3, 2, 4, 1].into_iter();
+        assert_eq!(token_spans(lens(), 10, &[3..5, 0..10, 4..6, 9..10, 5..5]), [1..2, 0..4, 1..3, 3..4, 2..2]);
+        assert!(token_spans(lens(), 10, &[]).is_empty());
+        // Tokens that do not spell the prompt place nothing.
+        assert_eq!(token_spans(lens(), 11, &[0..3]), [0..0]);
     }
 }

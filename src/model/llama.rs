@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::attention_probe::AttentionProbe;
 use super::decode_attention::{self, CacheView};
 use super::gguf::matmul::{QuantMatrix, Threads};
 use super::gguf::GgufError;
@@ -797,6 +798,17 @@ impl Llama {
     /// as f32 on the CPU (`vocab_size` values). Many tokens at once is a prefill, one is a
     /// decode step. On error the cache keeps its previous length.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, LlamaError> {
+        self.forward_probed(tokens, cache, None)
+    }
+
+    /// [`Llama::forward`], adding the last token's attention to `probe` when one is given
+    /// (see [`AttentionProbe`]).
+    pub fn forward_probed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        probe: Option<&mut AttentionProbe>,
+    ) -> Result<Vec<f32>, LlamaError> {
         if tokens.is_empty() {
             return Err(LlamaError::EmptyInput);
         }
@@ -813,7 +825,7 @@ impl Llama {
         }
         let _guard = tch::no_grad_guard();
         self.pick_torch_threads();
-        let logits = self.forward_tensor(tokens, cache)?;
+        let logits = self.forward_tensor(tokens, cache, probe)?;
         let logits = logits.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_reshape([-1])?;
         let logits = Vec::<f32>::try_from(&logits)?;
         cache.len = requested;
@@ -821,7 +833,12 @@ impl Llama {
     }
 
     /// The body of [`Llama::forward`], after validation: logits `[1, vocab]` in the compute kind.
-    fn forward_tensor(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, TchError> {
+    fn forward_tensor(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut probe: Option<&mut AttentionProbe>,
+    ) -> Result<Tensor, TchError> {
         let c = &self.config;
         let past = cache.len as i64;
         let t = tokens.len() as i64;
@@ -853,7 +870,8 @@ impl Llama {
         let inter = c.intermediate_size as i64;
         let pool = self.pool.as_ref();
 
-        for (block, (cache_k, cache_v)) in self.layers.iter().zip(&cache.layers) {
+        let probed_from = self.layers.len().saturating_sub(probe.as_ref().map_or(0, |p| p.layers()));
+        for (layer, (block, (cache_k, cache_v))) in self.layers.iter().zip(&cache.layers).enumerate() {
             // Attention.
             let h = x.f_rms_norm([c.hidden_size as i64], Some(&block.input_norm), eps)?;
             let qkv = block.qkv.forward(&h, pool)?.f_view([t, heads + 2 * kv_heads, head_dim])?;
@@ -869,6 +887,10 @@ impl Llama {
             cache_v.f_narrow(1, past, t)?.f_copy_(&v.f_transpose(0, 1)?)?;
             let keys = cache_k.f_narrow(1, 0, total)?; // [kv_heads, total, head_dim]
             let values = cache_v.f_narrow(1, 0, total)?;
+            if let Some(probe) = probe.as_deref_mut().filter(|_| layer >= probed_from) {
+                // The last position's query: the one whose logits choose the next token.
+                probe.observe(&q.f_narrow(0, t - 1, 1)?.f_reshape([heads, head_dim])?, &keys, scale)?;
+            }
 
             let attended = if let (1, Some(threads)) = (t, pool) {
                 let query = Vec::<f32>::try_from(&q.f_contiguous()?.f_reshape([-1])?)?;

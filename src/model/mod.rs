@@ -6,10 +6,12 @@
 //! - [`llama`], [`llama_loader`]: the chat model and its loaders (GGUF, HF folders);
 //! - [`gguf`]: reading GGUF files (metadata, tensors, dequantisation);
 //! - [`tokenizer`], [`chat_template`]: text to ids, chat messages to a prompt;
+//! - [`attention_probe`]: how much of a reply's attention went to parts of its prompt;
 //! - [`prompt_cache`]: sessions' attention caches, kept between turns;
 //! - [`sampling`], [`text_stream`]: picking tokens, and turning them into safe text;
 //! - [`device`]: where it all runs.
 
+pub mod attention_probe;
 pub mod bert;
 pub mod chat_template;
 mod decode_attention;
