@@ -21,6 +21,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub retrieval: crate::memory::ranking::RankingWeights,
     pub chat: crate::memory::chat::ChatConfig,
+    pub memories: crate::memory::service::MemoriesConfig,
     pub limits: crate::memory::limits::Limits,
     pub extraction: crate::memory::extract::ExtractionConfig,
 }

@@ -129,9 +129,10 @@ async fn start_up(
     let store = async { store_opening.await.context("opening the store")? };
     let (store, engine) = tokio::try_join!(store, load_models(&settings.model, device, state))?;
     let (memory_store, embedder, weights) = (store.clone(), engine.embedder.clone(), settings.retrieval.clone());
-    let limits = settings.limits.clone();
+    let (limits, memories) = (settings.limits.clone(), settings.memories);
     let memory =
-        tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights, limits)).await??;
+        tokio::task::spawn_blocking(move || MemoryService::new(memory_store, embedder, weights, limits, memories))
+            .await??;
     if let Some(generator) = engine.generator.clone().filter(|_| engine.embedder.is_some()) {
         state.set_chat(Chat::new(memory.clone(), generator, settings.chat.clone()));
     }

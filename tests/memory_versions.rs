@@ -281,6 +281,68 @@ fn concurrent_edits_and_a_supersession_lose_nothing() {
 }
 
 #[test]
+fn automatic_supersession_is_opt_in_stays_within_the_user_and_skips_additions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let current = |id: &str| server.call("GET", &format!("/v1/memories/{id}"), ACME, None).1["current"].clone();
+    let old = add(&server, ACME, json!({ "user_id": "hana", "text": "Hana's locker code is 1234." }));
+    let bystander = add(&server, ACME, json!({ "user_id": "ivo", "text": "Hana's locker code is 1234." }));
+    // Off by default: the update is stored beside the old fact.
+    let plain = add(&server, ACME, json!({ "user_id": "hana", "text": "Hana's locker code is 5555." }));
+    assert_eq!(plain["supersedes"], json!([]), "{plain}");
+    assert_eq!(current(&id(&old)), true);
+    // Asked for, it finds the fact the new one updates, and only the user's own.
+    let newer = add(
+        &server,
+        ACME,
+        json!({ "user_id": "hana", "text": "Hana changed her locker code, it is 9876 now.", "auto_supersede": true }),
+    );
+    let superseded: Vec<&str> = newer["supersedes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(superseded.contains(&id(&old).as_str()), "{newer}");
+    assert_eq!(current(&id(&old)), false);
+    assert_eq!(current(&id(&bystander)), true, "another user's fact is never touched");
+    // An addition supersedes nothing.
+    let squash = add(&server, ACME, json!({ "user_id": "hana", "text": "Hana plays squash on Mondays." }));
+    let tennis = add(
+        &server,
+        ACME,
+        json!({ "user_id": "hana", "text": "Hana also plays tennis on Mondays.", "auto_supersede": true }),
+    );
+    assert_eq!(tennis["supersedes"], json!([]), "{tennis}");
+    assert_eq!(current(&id(&squash)), true);
+}
+
+/// `engram eval supersede` on the labelled pairs in tests/data with the real embedding
+/// model: the rules keep the precision and recall the README reports. The tuning pairs
+/// shaped the rules; the held-out pairs did not, and their precision (under 0.9) is why
+/// the automatic path is opt-in.
+#[test]
+fn the_supersession_rules_keep_their_precision_and_recall_on_the_labelled_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["eval", "supersede", "--url", &server.base, "--key", "acme-key", "--json"])
+        .arg(format!("{data}/supersession_pairs_tune.json"))
+        .arg(format!("{data}/supersession_pairs_heldout.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    let report: Value = serde_json::from_str(line).unwrap();
+    let figure = |file: &str, what: &str| {
+        let row = report["results"].as_array().unwrap().iter().find(|r| r["file"] == file).unwrap();
+        row[what].as_f64().unwrap()
+    };
+    // Measured: tuning 0.917 / 0.917, held-out 0.824 / 0.700.
+    assert!(figure("supersession_pairs_tune.json", "precision") >= 0.9, "{stdout}");
+    assert!(figure("supersession_pairs_tune.json", "recall") >= 0.85, "{stdout}");
+    assert!(figure("supersession_pairs_heldout.json", "precision") >= 0.78, "{stdout}");
+    assert!(figure("supersession_pairs_heldout.json", "recall") >= 0.65, "{stdout}");
+}
+
+#[test]
 fn expired_memories_leave_search_at_once_and_are_purged() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());

@@ -116,6 +116,9 @@ pub struct AddMemory {
     /// Memories of the same user this one replaces as current.
     #[serde(default)]
     supersedes: Vec<String>,
+    /// Find the facts this one updates and supersede them (default: `memories.auto_supersede`).
+    #[serde(default)]
+    auto_supersede: Option<bool>,
     /// Since when it holds (default: now, or `created_at`).
     #[serde(default)]
     valid_from: Option<Value>,
@@ -141,6 +144,7 @@ pub async fn add(
         valid_from_ms: req.valid_from.as_ref().map(|v| parse_time("valid_from", v)).transpose()?,
         expires_at_ms: req.expires_at.as_ref().map(|v| parse_time("expires_at", v)).transpose()?,
         supersedes: req.supersedes,
+        auto_supersede: req.auto_supersede,
     };
     let (entry, created) = memory.add(&tenant, new).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(memory_json(&entry))))

@@ -108,8 +108,13 @@ fn run(
             weights: crate::server::weight_format(&settings.model),
         },
     )?;
-    let memory =
-        MemoryService::new(store.clone(), Some(embedder), settings.retrieval.clone(), settings.limits.clone())?;
+    let memory = MemoryService::new(
+        store.clone(),
+        Some(embedder),
+        settings.retrieval.clone(),
+        settings.limits.clone(),
+        settings.memories,
+    )?;
     let mut chat_config = settings.chat.clone();
     // No compression during the run: a new summary changes the prompt's prefix, which
     // is a different measurement (it happens once every max_recent_turns / 2 turns).

@@ -46,6 +46,20 @@ pub enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Precision and recall of automatic supersession on labelled pairs of memories
+    /// (JSON lists of `{old, new, supersedes}`), with a running server's embeddings.
+    Supersede {
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        key: Option<String>,
+        /// Also ask the server's chat model to decide each pair.
+        #[arg(long)]
+        model: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs an eval command.
@@ -60,6 +74,9 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 println!("{}", report.json());
             }
             Ok(())
+        }
+        EvalCommand::Supersede { files, url, key, model, json } => {
+            super::eval_supersede::run(&files, &url, key, model, json)
         }
     }
 }

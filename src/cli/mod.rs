@@ -8,6 +8,7 @@ mod bench_load;
 mod bench_models;
 mod client;
 mod eval;
+mod eval_supersede;
 mod remote;
 mod store_admin;
 

@@ -16,4 +16,5 @@ pub mod limits;
 pub mod ranking;
 pub mod service;
 pub mod sessions;
+pub mod supersede;
 pub mod turn_context;

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use serde::Deserialize;
 use ulid::Ulid;
 
 use super::ingest_jobs::JobBook;
@@ -19,6 +20,7 @@ use super::keyed_lock::KeyedLocks;
 use super::lexical::TenantLexicon;
 use super::limits::Limits;
 use super::ranking::{fuse, Candidate, Mode, RankingWeights};
+use super::supersede::Rules;
 use super::turn_context::TurnContext;
 use crate::model::{Embedder, EngineError};
 use crate::store::records::{now_ms, Kind, MemoryEntry, MemoryVersion, Scope};
@@ -71,6 +73,9 @@ pub struct NewMemory {
     pub expires_at_ms: Option<i64>,
     /// Memories of the same user this one replaces as current.
     pub supersedes: Vec<String>,
+    /// Look for facts this one updates and supersede them (see [`super::supersede`]);
+    /// `None` follows `memories.auto_supersede`. Only when `supersedes` is empty.
+    pub auto_supersede: Option<bool>,
 }
 
 /// Changes to a memory; `None` leaves a field as it is.
@@ -110,6 +115,34 @@ impl TimeView {
             return false;
         }
         !e.valid_to_ms.is_some_and(|t| t <= at)
+    }
+}
+
+/// `[memories]` in the config: automatic supersession.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoriesConfig {
+    /// Whether a new fact or episodic memory supersedes the facts it updates without
+    /// being told which (see [`super::supersede`]); a request's `auto_supersede` wins.
+    pub auto_supersede: bool,
+    pub supersede_min_similarity: f32,
+    pub supersede_frame_similarity: f32,
+}
+
+impl MemoriesConfig {
+    pub fn rules(&self) -> Rules {
+        Rules { min_similarity: self.supersede_min_similarity, frame_similarity: self.supersede_frame_similarity }
+    }
+}
+
+impl Default for MemoriesConfig {
+    fn default() -> Self {
+        let rules = Rules::default();
+        MemoriesConfig {
+            auto_supersede: false,
+            supersede_min_similarity: rules.min_similarity,
+            supersede_frame_similarity: rules.frame_similarity,
+        }
     }
 }
 
@@ -160,6 +193,7 @@ pub struct MemoryService {
     lexical: Arc<RwLock<TenantLexicon>>,
     weights: RankingWeights,
     limits: Arc<Limits>,
+    memories: MemoriesConfig,
     session_locks: KeyedLocks,
     /// Background document ingestions: here so that erasing a user cancels theirs.
     jobs: JobBook,
@@ -217,6 +251,7 @@ impl MemoryService {
         embedder: Option<Embedder>,
         weights: RankingWeights,
         limits: Limits,
+        memories: MemoriesConfig,
     ) -> Result<Self, MemoryError> {
         let lexical = Arc::new(RwLock::new(TenantLexicon::default()));
         // Follow first, then scan: a commit in between is indexed twice (an insert
@@ -246,6 +281,7 @@ impl MemoryService {
             lexical,
             weights,
             limits: Arc::new(limits),
+            memories,
             session_locks: KeyedLocks::default(),
         })
     }
@@ -319,11 +355,18 @@ impl MemoryService {
         if m.user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));
         }
-        let supersedes = self.superseded(tenant, &m.user_id, &m.supersedes).await?;
+        let mut supersedes = self.superseded(tenant, &m.user_id, &m.supersedes).await?;
         let guard = self.erase_guard(tenant, &m.user_id).await?;
         let embedding = self.embed_one(&m.text).await?;
+        let kind = m.kind.unwrap_or(Kind::Fact);
+        let auto = supersedes.is_empty()
+            && matches!(kind, Kind::Fact | Kind::Episodic)
+            && m.auto_supersede.unwrap_or(self.memories.auto_supersede);
+        if auto {
+            supersedes = self.updated_facts(tenant, &m.user_id, &m.agent_id, &m.text, &embedding).await?;
+        }
         let entry = NewEntry {
-            kind: Some(m.kind.unwrap_or(Kind::Fact)),
+            kind: Some(kind),
             text: m.text,
             embedding,
             scope: Scope {
@@ -342,15 +385,65 @@ impl MemoryService {
         };
         let store = self.store.clone();
         let (outcome, entry) = blocking(move || {
-            let batch =
-                WriteBatch { preconditions: vec![guard], entries: vec![entry], supersedes, ..Default::default() };
-            let outcome = store.write(batch)?.entries[0];
+            let batch = WriteBatch {
+                preconditions: vec![guard],
+                entries: vec![entry],
+                supersedes: supersedes.clone(),
+                ..Default::default()
+            };
+            let written = match store.write(batch.clone()) {
+                // A fact found to be updated was superseded or deleted by another write
+                // meanwhile: that is no reason to lose this memory, which is stored alone.
+                Err(StoreError::Conflict(_) | StoreError::Invalid(_)) if auto && !supersedes.is_empty() => {
+                    store.write(WriteBatch { supersedes: Vec::new(), ..batch })
+                }
+                other => other,
+            };
+            let outcome = written?.entries[0];
             let stored =
                 store.get_entry(outcome.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", outcome.id)))?;
             Ok((outcome, stored))
         })
         .await?;
         Ok((entry, outcome.created))
+    }
+
+    /// The current facts of `user` (and `agent`) that a new memory with this text and
+    /// embedding updates, by the rules of [`super::supersede`]: the most similar facts
+    /// are the candidates.
+    async fn updated_facts(
+        &self,
+        tenant: &str,
+        user: &str,
+        agent: &str,
+        text: &str,
+        embedding: &[f32],
+    ) -> Result<Vec<Ulid>, MemoryError> {
+        const CANDIDATES: usize = 8;
+        let filter = SearchFilter::clause(ScopeClause {
+            tenant: Some(tenant.to_owned()),
+            user_id: Some(user.to_owned()),
+            agent_id: Some(agent.to_owned()),
+            kinds: vec![Kind::Fact],
+            ..Default::default()
+        });
+        let (store, vector) = (self.store.clone(), crate::store::normalized(embedding));
+        let hits = blocking(move || {
+            store.prepare_search(&filter)?;
+            let hits = store.index().search(&vector, CANDIDATES, &filter);
+            store.resolve_hits(hits.into_iter().map(|h| (h.point, h.similarity)).collect())
+        })
+        .await?;
+        let (rules, now) = (self.memories.rules(), now_ms());
+        let mut updated = Vec::new();
+        for hit in hits.iter().filter(|h| TimeView::default().admits(&h.entry, now)) {
+            let verdict = rules.decide(&hit.entry.text, text, hit.similarity);
+            tracing::debug!(candidate = ?hit.entry.ulid(), similarity = hit.similarity, ?verdict, "supersession candidate");
+            if verdict.supersedes() {
+                updated.extend(hit.entry.ulid());
+            }
+        }
+        Ok(updated)
     }
 
     /// The memories a new one of `user` replaces, checked to be that user's: another
