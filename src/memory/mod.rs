@@ -17,4 +17,5 @@ pub mod ranking;
 pub mod service;
 pub mod sessions;
 pub mod supersede;
+pub mod time_hint;
 pub mod turn_context;

@@ -19,6 +19,12 @@ pub struct RankingWeights {
     pub importance: f32,
     /// How the two rankings are combined.
     pub fusion: Fusion,
+    /// Added to the score of a memory recorded within the period a query names ("in
+    /// March 2024"; see [`super::time_hint`]).
+    pub period_boost: f32,
+    /// How much of the previous turn's embedding an imported conversation turn's
+    /// embedding takes in (see `MemoryService::embed_turns`); 0 embeds each turn alone.
+    pub turn_context_weight: f32,
 }
 
 /// Reciprocal-rank fusion looks only at ranks; score fusion takes the weighted mean of
@@ -42,6 +48,8 @@ impl Default for RankingWeights {
             recency_half_life_days: 30.0,
             importance: 0.1,
             fusion: Fusion::Scores,
+            period_boost: 0.1,
+            turn_context_weight: 0.2,
         }
     }
 }

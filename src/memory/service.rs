@@ -146,6 +146,10 @@ impl Default for MemoriesConfig {
     }
 }
 
+/// Candidates each method brings when the query names a period, so that the memories of
+/// that period are among them to be favoured.
+const PERIOD_FETCH: usize = 100;
+
 /// How many memories one write may supersede.
 pub const MAX_SUPERSEDED: usize = 32;
 
@@ -299,6 +303,11 @@ impl MemoryService {
     /// The size limits of what may be stored.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The retrieval weights (`[retrieval]`).
+    pub fn weights(&self) -> &RankingWeights {
+        &self.weights
     }
 
     /// The user's erase epoch, to guard a write that follows slow work (see the module
@@ -638,6 +647,9 @@ impl MemoryService {
             || q.created_before_ms.is_some()
             || q.time != TimeView::default();
         let fetch = if post_filtered { (q.k * 10).min(1000) } else { (q.k * 4).max(20) };
+        // A named period favours memories recorded then; they must be among the candidates.
+        let period = super::time_hint::period_of(&q.query).filter(|_| q.mode == Mode::Hybrid);
+        let fetch = if period.is_some() { fetch.max(PERIOD_FETCH) } else { fetch };
         let vector = match q.mode {
             Mode::Lexical => None,
             Mode::Dense | Mode::Hybrid => Some(crate::store::normalized(&self.embed_one(&q.query).await?)),
@@ -695,7 +707,16 @@ impl MemoryService {
                     (e.point_id, c)
                 })
                 .collect();
-            Ok(fuse(&dense, &lexical_all, &|p| facts.get(&p).copied(), &weights, now_ms()))
+            let mut fused = fuse(&dense, &lexical_all, &|p| facts.get(&p).copied(), &weights, now_ms());
+            if let Some((start, end)) = period {
+                for (point, score) in &mut fused {
+                    if facts.get(point).is_some_and(|c| (start..end).contains(&c.created_at_ms)) {
+                        *score += weights.period_boost;
+                    }
+                }
+                fused.sort_unstable_by(by_score);
+            }
+            Ok(fused)
         })
         .await?;
         let store = self.store.clone();
