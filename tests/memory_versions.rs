@@ -312,6 +312,31 @@ fn automatic_supersession_is_opt_in_stays_within_the_user_and_skips_additions() 
     assert_eq!(current(&id(&squash)), true);
 }
 
+#[test]
+fn with_automatic_supersession_on_a_chat_message_updates_the_fact_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("ENGRAM_AUTH__KEYS", "acme=acme-key"), ("ENGRAM_MEMORIES__AUTO_SUPERSEDE", "true")],
+    );
+    server.wait_ready();
+    let lyon = add(&server, ACME, json!({ "user_id": "jo", "text": "Jo lives in Lyon." }));
+    let tea = add(&server, ACME, json!({ "user_id": "jo", "text": "Jo drinks green tea every morning." }));
+    let body = json!({ "user_id": "jo", "message": "We moved to Porto last month, Jo lives there now.",
+        "max_tokens": 8, "temperature": 0 });
+    let (status, answer) = server.call("POST", "/v1/chat", ACME, Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    let get = |id: &str| server.call("GET", &format!("/v1/memories/{id}"), ACME, None).1;
+    let old = get(&id(&lyon));
+    assert_eq!(old["current"], false, "{old}");
+    // The fact now points at the episodic memory of the turn that changed it.
+    let by = old["superseded_by"].as_str().unwrap().to_owned();
+    let newer = get(&by);
+    assert_eq!(newer["kind"], "episodic", "{newer}");
+    assert!(newer["text"].as_str().unwrap().contains("Porto"), "{newer}");
+    assert_eq!(get(&id(&tea))["current"], true, "an unrelated fact stays current");
+}
+
 /// `engram eval supersede` on the labelled pairs in tests/data with the real embedding
 /// model: the rules keep the precision and recall the README reports. The tuning pairs
 /// shaped the rules; the held-out pairs did not, and their precision (under 0.9) is why

@@ -419,15 +419,34 @@ impl Chat {
         session.transcript_digest = session_digest(&session).into();
         let exchange = format!("User: {}\nAssistant: {}", prepared.turn.message, reply);
         let episodic = self.session_memory(&session, exchange, Kind::Episodic, turn_index).await?;
+        // What the user said may update a fact they stored ("we moved to Porto"): the
+        // message alone is compared, since the reply states nothing about the user.
+        let supersedes = match self.memory.auto_supersede() {
+            true => {
+                let t = &prepared.turn;
+                let said = self.memory.embed_many(vec![t.message.clone()]).await?.pop().unwrap_or_default();
+                self.memory.updated_facts(&session_tenant(&session), &t.user_id, &t.agent_id, &t.message, &said).await?
+            }
+            false => Vec::new(),
+        };
         let batch = WriteBatch {
             preconditions: vec![prepared.erase_guard.clone()],
             entries: vec![episodic],
             session: Some(SessionWrite { session: session.clone(), expected_revision }),
             accessed: prepared.memories.iter().filter(|m| m.used).filter_map(|m| m.id.parse().ok()).collect(),
+            supersedes,
             ..Default::default()
         };
         let store = self.memory.store().clone();
-        let outcome = blocking(move || store.write(batch)).await?;
+        let outcome = blocking(move || match store.write(batch.clone()) {
+            // A fact found to be updated was superseded or deleted meanwhile: the turn
+            // is still written, superseding nothing (a real conflict fails again).
+            Err(StoreError::Conflict(_) | StoreError::Invalid(_)) if !batch.supersedes.is_empty() => {
+                store.write(WriteBatch { supersedes: Vec::new(), ..batch })
+            }
+            other => other,
+        })
+        .await?;
         session.revision = outcome.session_revision.unwrap_or_default();
         Ok(session)
     }
@@ -492,6 +511,11 @@ impl Chat {
             ..Default::default()
         })
     }
+}
+
+/// The tenant a session belongs to.
+fn session_tenant(session: &Session) -> String {
+    session.scope.as_ref().map(|s| s.tenant.clone()).unwrap_or_default()
 }
 
 /// Drops the attention cache of every session whose memories a commit removes.

@@ -310,6 +310,11 @@ impl MemoryService {
         &self.weights
     }
 
+    /// Whether new memories supersede the facts they update unasked (`[memories]`).
+    pub fn auto_supersede(&self) -> bool {
+        self.memories.auto_supersede
+    }
+
     /// The user's erase epoch, to guard a write that follows slow work (see the module
     /// documentation). A user being erased right now is refused at once.
     pub async fn erase_guard(&self, tenant: &str, user_id: &str) -> Result<Precondition, MemoryError> {
@@ -420,7 +425,7 @@ impl MemoryService {
     /// The current facts of `user` (and `agent`) that a new memory with this text and
     /// embedding updates, by the rules of [`super::supersede`]: the most similar facts
     /// are the candidates.
-    async fn updated_facts(
+    pub(crate) async fn updated_facts(
         &self,
         tenant: &str,
         user: &str,
