@@ -69,6 +69,41 @@ fn same_results_after_restart_with_missing_and_with_corrupt_index() {
     assert!(store.verify().unwrap().is_ok());
 }
 
+/// A graph saved with pruned links kept (every graph saved before
+/// `index.keep_pruned_links` existed) is rebuilt once under the new setting, not loaded.
+#[test]
+fn a_graph_linked_otherwise_than_configured_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = common::unit_vectors(20, DIM, 77);
+    let expected = {
+        let mut config = common::config(dir.path());
+        config.index.keep_pruned_links = true;
+        let store = Store::open(&config).unwrap();
+        fill(&store, 3000, 4);
+        assert!(store.save_index().unwrap());
+        top_ids(&store, &queries)
+    };
+    // Manifests written before the setting have no field: they read as "kept".
+    let current = std::fs::read_to_string(dir.path().join("index/CURRENT")).unwrap();
+    let manifest = dir.path().join("index").join(current.trim()).join("manifest.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(json["keep_pruned_links"], serde_json::json!(true));
+    json.as_object_mut().unwrap().remove("keep_pruned_links");
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let store = common::open(dir.path());
+    assert!(
+        matches!(store.index_load_outcome(), LoadOutcome::Outdated { reason } if reason.contains("keep_pruned_links")),
+        "{:?}",
+        store.index_load_outcome()
+    );
+    assert_eq!(top_ids(&store, &queries), expected);
+    assert!(store.save_index().unwrap());
+    drop(store);
+    let store = common::open(dir.path());
+    assert_eq!(store.index_load_outcome(), &LoadOutcome::Loaded { caught_up: 0 });
+}
+
 #[test]
 fn a_stale_index_is_caught_up_and_deletes_made_after_the_save_hold() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,8 @@
 //! evaluations, and the commands that talk to a running server (`ingest`, `query`,
 //! `chat`).
 
-mod bench;
+/// Public for the tests that reuse its synthetic workloads.
+pub mod bench;
 mod bench_chat;
 mod bench_load;
 mod bench_models;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use distance::{dot, normalize, UnitCosine};
 pub use persist::LoadOutcome;
-use table::{Label, PointTable};
+use table::PointTable;
 pub use table::{ScopeClause, SearchFilter};
 
 use super::records::{Kind, Scope};
@@ -42,17 +42,23 @@ pub struct IndexParams {
     pub exact_search_threshold: usize,
     pub rebuild_tombstone_ratio: f64,
     pub catch_up_max_ratio: f64,
+    /// Whether a node's link slots that HNSW's diversity rule leaves free are filled with
+    /// the nearest candidates it dropped (hnsw_rs's `keep_pruned`). Off by default: see
+    /// `config/default.toml`.
+    #[serde(default)]
+    pub keep_pruned_links: bool,
 }
 
 impl Default for IndexParams {
     fn default() -> Self {
         Self {
-            max_connections: 24,
-            ef_construction: 200,
+            max_connections: 32,
+            ef_construction: 300,
             ef_search: 160,
-            exact_search_threshold: 2000,
+            exact_search_threshold: 50_000,
             rebuild_tombstone_ratio: 0.25,
             catch_up_max_ratio: 0.5,
+            keep_pruned_links: false,
         }
     }
 }
@@ -90,8 +96,7 @@ type Graph = Hnsw<'static, f32, UnitCosine>;
 
 fn new_graph(params: &IndexParams, capacity: usize) -> Graph {
     let mut g = Hnsw::new(params.max_connections, capacity.max(1024), MAX_LAYERS, params.ef_construction, UnitCosine);
-    // Fill empty neighbour slots with pruned candidates: better connectivity after deletes.
-    g.set_keeping_pruned(true);
+    g.set_keeping_pruned(params.keep_pruned_links);
     g
 }
 
@@ -138,7 +143,7 @@ impl VectorIndex {
     pub(crate) fn stage(&self, point: u64, scope: &Scope, kind: Kind, vector: Arc<[f32]>) {
         let mut table = self.table.write();
         let label = table.label(scope, kind);
-        table.insert(point, label, vector);
+        table.insert(point, label, &vector);
     }
 
     /// Adds one point (a unit vector) to the table and the graph.
@@ -271,7 +276,7 @@ impl VectorIndex {
         let compiled = table.compile(filter);
         let admitted = table.count_admitted(&compiled, exact_threshold);
         if admitted <= exact_threshold || !self.ungraphed.read().is_empty() {
-            return exact_top_k(&table, query, k, |l| compiled.admits(l));
+            return table.exact_top_k(query, k, &compiled);
         }
         let wanted = k.min(admitted);
         let graph = self.graph.read().clone();
@@ -279,12 +284,14 @@ impl VectorIndex {
         let to_hits = |found: Vec<Neighbour>| {
             found.into_iter().map(|n| Hit { point: n.d_id as u64, similarity: 1.0 - n.distance })
         };
-        // With no scope filter and no tombstones the walk needs no filter at all, which is
-        // faster (hnsw_rs stops early). The counts can agree for an instant while an
-        // insert is half-way, so the few results are still checked against the table.
-        if compiled.admits_all() && graph.get_nb_point() == table.len() {
-            let hits: Vec<Hit> =
-                to_hits(graph.search(query, k, ef_search.max(k))).filter(|h| table.get(h.point).is_some()).collect();
+        // When the filter admits every node of the graph (no tombstones, and no other
+        // scope in the index, as when one tenant owns it all) the walk needs no filter,
+        // which is faster: hnsw_rs stops early. The counts can agree for an instant while
+        // an insert is half-way, so the few results are still checked against the table.
+        if graph.get_nb_point() == table.len() && table.admits_every_point(&compiled) {
+            let hits: Vec<Hit> = to_hits(graph.search(query, k, ef_search.max(k)))
+                .filter(|h| table.get(h.point).is_some_and(|p| compiled.admits(&p.label)))
+                .collect();
             if hits.len() >= wanted {
                 return hits;
             }
@@ -299,7 +306,7 @@ impl VectorIndex {
             }
             ef *= 4;
         }
-        exact_top_k(&table, query, k, |l| compiled.admits(l))
+        table.exact_top_k(query, k, &compiled)
     }
 
     /// Runs `f` with a test for "is this point live and admitted by `filter`", holding
@@ -316,14 +323,14 @@ impl VectorIndex {
     /// the dense score they would have had, instead of none.
     pub fn similarities(&self, query: &[f32], points: &[u64]) -> Vec<(u64, f32)> {
         let table = self.table.read();
-        points.iter().filter_map(|&p| table.get(p).map(|live| (p, dot(query, &live.vector)))).collect()
+        points.iter().filter_map(|&p| table.get(p).map(|live| (p, dot(query, table.vector(live))))).collect()
     }
 
     /// Exact search by a full scan: the reference the graph search is measured against.
     pub fn exact_search(&self, query: &[f32], k: usize, filter: &SearchFilter) -> Vec<Hit> {
         let table = self.table.read();
         let compiled = table.compile(filter);
-        exact_top_k(&table, query, k, |l| compiled.admits(l))
+        table.exact_top_k(query, k, &compiled)
     }
 
     /// Live points the graph lacks (0 unless an insert is in flight or something broke).
@@ -364,16 +371,13 @@ impl VectorIndex {
     /// Builds a fresh graph of the live points and swaps it in. Searches go on against
     /// the old graph meanwhile; points inserted during the build are added at the swap.
     pub fn rebuild_now(&self) {
-        let snapshot: Vec<(u64, Arc<[f32]>)> = self.table.read().iter().map(|(id, p)| (id, p.vector.clone())).collect();
+        let snapshot: Vec<(u64, Arc<[f32]>)> = self.table.read().iter().map(|(id, v)| (id, Arc::from(v))).collect();
         let graph = build_graph(&self.params, &snapshot);
         let in_snapshot: HashSet<u64> = snapshot.iter().map(|(id, _)| *id).collect();
         let _gate = self.gate.write();
         let table = self.table.read();
-        let late: Vec<(&[f32], usize)> = table
-            .iter()
-            .filter(|(id, _)| !in_snapshot.contains(id))
-            .map(|(id, p)| (&p.vector[..], id as usize))
-            .collect();
+        let late: Vec<(&[f32], usize)> =
+            table.iter().filter(|(id, _)| !in_snapshot.contains(id)).map(|(id, v)| (v, id as usize)).collect();
         graph.parallel_insert_slice(&late);
         *self.graph.write() = Arc::new(graph);
         // Every live point is in the new graph: a background insert skips the rest.
@@ -395,7 +399,7 @@ impl VectorIndex {
         if graph.get_nb_point() == 0 {
             return Ok(false);
         }
-        persist::save(&graph, dir)?;
+        persist::save(&graph, self.params.keep_pruned_links, dir)?;
         self.saved_version.store(version, Ordering::Relaxed);
         Ok(true)
     }
@@ -404,15 +408,14 @@ impl VectorIndex {
     /// add the points written after it was saved, or rebuild when the file is missing,
     /// corrupt or too far behind. Never trusts the file over the table.
     pub fn load_or_rebuild(&self, dir: &Path) -> LoadOutcome {
-        let outcome = match persist::load(dir) {
-            Ok(graph) => {
+        let outcome = match persist::load(dir, self.params.keep_pruned_links) {
+            Ok(mut graph) => {
+                // Catch-up inserts link as configured.
+                graph.set_keeping_pruned(self.params.keep_pruned_links);
                 let members = members(&graph);
                 let table = self.table.read();
-                let missing: Vec<(&[f32], usize)> = table
-                    .iter()
-                    .filter(|(id, _)| !members.contains(id))
-                    .map(|(id, p)| (&p.vector[..], id as usize))
-                    .collect();
+                let missing: Vec<(&[f32], usize)> =
+                    table.iter().filter(|(id, _)| !members.contains(id)).map(|(id, v)| (v, id as usize)).collect();
                 let too_far = missing.len() as f64 > self.params.catch_up_max_ratio * table.len().max(1) as f64;
                 if too_far && !missing.is_empty() {
                     LoadOutcome::Stale { missing: missing.len() }
@@ -452,21 +455,6 @@ fn build_graph(params: &IndexParams, points: &[(u64, Arc<[f32]>)]) -> Graph {
     let batch: Vec<(&[f32], usize)> = points.iter().map(|(id, v)| (&v[..], *id as usize)).collect();
     graph.parallel_insert_slice(&batch);
     graph
-}
-
-fn exact_top_k(table: &PointTable, query: &[f32], k: usize, admits: impl Fn(&Label) -> bool) -> Vec<Hit> {
-    let mut hits: Vec<Hit> = table
-        .iter()
-        .filter(|(_, p)| admits(&p.label))
-        .map(|(point, p)| Hit { point, similarity: dot(query, &p.vector) })
-        .collect();
-    let by_score = |a: &Hit, b: &Hit| b.similarity.total_cmp(&a.similarity).then(a.point.cmp(&b.point));
-    if hits.len() > k {
-        hits.select_nth_unstable_by(k, by_score);
-        hits.truncate(k);
-    }
-    hits.sort_unstable_by(by_score);
-    hits
 }
 
 #[cfg(test)]

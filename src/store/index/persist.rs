@@ -33,6 +33,9 @@ pub enum LoadOutcome {
     Corrupt { reason: String },
     /// The saved graph lacked too many points to catch up; rebuilt from sled.
     Stale { missing: usize },
+    /// The saved graph was linked otherwise than configured (`index.keep_pruned_links`);
+    /// rebuilt from sled.
+    Outdated { reason: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -41,6 +44,14 @@ struct Manifest {
     distance: String,
     points: usize,
     files: Vec<(String, u32, u64)>,
+    /// `index.keep_pruned_links` when the graph was built. Graphs saved before the
+    /// setting existed were built with it on.
+    #[serde(default = "built_before_the_setting")]
+    keep_pruned_links: bool,
+}
+
+fn built_before_the_setting() -> bool {
+    true
 }
 
 fn checksum(path: &Path) -> std::io::Result<(u32, u64)> {
@@ -62,7 +73,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-pub(super) fn save(graph: &Graph, dir: &Path) -> Result<(), String> {
+pub(super) fn save(graph: &Graph, keep_pruned_links: bool, dir: &Path) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("saving the index ({what}): {e}");
     fs::create_dir_all(dir).map_err(|e| io("creating the directory", e))?;
     let generation = format!("g-{}", ulid::Ulid::new());
@@ -82,6 +93,7 @@ pub(super) fn save(graph: &Graph, dir: &Path) -> Result<(), String> {
         distance: std::any::type_name::<UnitCosine>().into(),
         points: graph.get_nb_point(),
         files,
+        keep_pruned_links,
     };
     write_synced(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap())
         .map_err(|e| io("manifest", e))?;
@@ -115,7 +127,11 @@ fn remove_other_generations(dir: &Path, keep: &str) {
     }
 }
 
-pub(super) fn load(dir: &Path) -> Result<Graph, LoadOutcome> {
+/// Loads the current generation, unless it is damaged or was built with other
+/// `keep_pruned_links` than `keep_pruned_links`: a graph keeps the links it was built
+/// with, so one built with pruned links kept would keep their harm (see
+/// `config/default.toml`) until rebuilt.
+pub(super) fn load(dir: &Path, keep_pruned_links: bool) -> Result<Graph, LoadOutcome> {
     let corrupt = |reason: String| LoadOutcome::Corrupt { reason };
     let current = match fs::read_to_string(dir.join("CURRENT")) {
         Ok(s) => s.trim().to_owned(),
@@ -134,6 +150,14 @@ pub(super) fn load(dir: &Path) -> Result<Graph, LoadOutcome> {
             "{current} was written in another format ({}, {})",
             manifest.format, manifest.distance
         )));
+    }
+    if manifest.keep_pruned_links != keep_pruned_links {
+        return Err(LoadOutcome::Outdated {
+            reason: format!(
+                "{current} was built with keep_pruned_links = {}, configured {keep_pruned_links}",
+                manifest.keep_pruned_links
+            ),
+        });
     }
     for (name, crc, len) in &manifest.files {
         let path = gen_dir.join(name);

@@ -1,11 +1,16 @@
 //! The in-memory side of the index: for every live point, its vector and who it belongs
 //! to. The HNSW graph may hold points that are gone from here (tombstones); a point is
 //! live exactly when it is in this table, which is rebuilt from sled at every start.
+//!
+//! The vectors sit in one contiguous row-major block (a removal moves the last row into
+//! the hole), with each row's label beside it, so that an exact scan over a scope reads
+//! memory front to back: at 100,000 × 384 that is one pass over 150 MB.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 
+use super::distance::dot;
+use super::Hit;
 use crate::store::records::{Kind, Scope};
 
 /// One clause of a search filter: every field that is `Some` must match. A field that
@@ -40,7 +45,7 @@ impl SearchFilter {
 type Sym = u32;
 
 /// Who a point belongs to, in interned form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Label {
     tenant: Sym,
     user: Sym,
@@ -51,13 +56,23 @@ pub struct Label {
 
 pub struct LivePoint {
     pub label: Label,
-    pub vector: Arc<[f32]>,
+    /// Its row in the vector block.
+    row: u32,
 }
 
 #[derive(Default)]
 pub struct PointTable {
     points: HashMap<u64, LivePoint, BuildHasherDefault<PointHasher>>,
     symbols: HashMap<Box<str>, Sym>,
+    /// Dimension of every vector, set by the first insert.
+    dim: usize,
+    /// Row-major vectors of the live points, row `r` at `r * dim..(r + 1) * dim`.
+    vectors: Vec<f32>,
+    /// Per row: its point and its label.
+    row_point: Vec<u64>,
+    row_label: Vec<Label>,
+    /// Live points per label, so that the size of a scope is known without a scan.
+    label_counts: HashMap<Label, usize>,
 }
 
 /// A filter clause with its strings resolved to symbols. `None` in `resolved` means the
@@ -94,10 +109,6 @@ impl Hasher for PointHasher {
 }
 
 impl CompiledFilter {
-    pub fn admits_all(&self) -> bool {
-        self.admits_all
-    }
-
     pub fn admits(&self, label: &Label) -> bool {
         self.admits_all
             || self.clauses.iter().any(|c| {
@@ -128,24 +139,96 @@ impl PointTable {
         }
     }
 
-    pub fn insert(&mut self, point: u64, label: Label, vector: Arc<[f32]>) {
-        self.points.insert(point, LivePoint { label, vector });
+    /// Adds a point, or replaces its label and vector if it is already live. Every
+    /// vector must have the dimension of the first one (the store checks it first).
+    pub fn insert(&mut self, point: u64, label: Label, vector: &[f32]) {
+        if self.row_point.is_empty() {
+            self.dim = vector.len();
+        }
+        assert_eq!(vector.len(), self.dim, "a vector of another dimension than the index's");
+        *self.label_counts.entry(label).or_default() += 1;
+        if let Some(live) = self.points.get_mut(&point) {
+            let old = std::mem::replace(&mut live.label, label);
+            let row = live.row as usize;
+            self.row_label[row] = label;
+            self.vectors[row * self.dim..(row + 1) * self.dim].copy_from_slice(vector);
+            self.uncount(old);
+            return;
+        }
+        let row = u32::try_from(self.row_point.len()).expect("fewer than 2^32 live points");
+        self.points.insert(point, LivePoint { label, row });
+        self.vectors.extend_from_slice(vector);
+        self.row_point.push(point);
+        self.row_label.push(label);
+    }
+
+    fn uncount(&mut self, label: Label) {
+        if let Some(n) = self.label_counts.get_mut(&label) {
+            *n -= 1;
+            if *n == 0 {
+                self.label_counts.remove(&label);
+            }
+        }
     }
 
     pub fn remove(&mut self, point: u64) -> bool {
-        self.points.remove(&point).is_some()
+        let Some(live) = self.points.remove(&point) else { return false };
+        self.uncount(live.label);
+        // The last row moves into the hole.
+        let (row, last) = (live.row as usize, self.row_point.len() - 1);
+        if row != last {
+            let moved = self.row_point[last];
+            self.vectors.copy_within(last * self.dim..(last + 1) * self.dim, row * self.dim);
+            self.row_point[row] = moved;
+            self.row_label[row] = self.row_label[last];
+            self.points.get_mut(&moved).expect("every row is a live point").row = row as u32;
+        }
+        self.vectors.truncate(last * self.dim);
+        self.row_point.pop();
+        self.row_label.pop();
+        true
     }
 
     pub fn get(&self, point: u64) -> Option<&LivePoint> {
         self.points.get(&point)
     }
 
+    /// The vector of a live point.
+    pub fn vector(&self, point: &LivePoint) -> &[f32] {
+        let row = point.row as usize;
+        &self.vectors[row * self.dim..(row + 1) * self.dim]
+    }
+
     pub fn len(&self) -> usize {
         self.points.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u64, &LivePoint)> {
-        self.points.iter().map(|(&id, p)| (id, p))
+    /// Every live point with its vector, in row order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[f32])> {
+        let dim = self.dim.max(1);
+        self.row_point.iter().copied().zip(self.vectors.chunks_exact(dim))
+    }
+
+    /// The `k` admitted points most similar to the unit vector `query`, best first (ties
+    /// by point id), by one pass over the vector block.
+    pub fn exact_top_k(&self, query: &[f32], k: usize, filter: &CompiledFilter) -> Vec<Hit> {
+        if k == 0 || self.row_point.is_empty() {
+            return Vec::new();
+        }
+        let mut top = TopK::new(k);
+        let rows = self.vectors.chunks_exact(self.dim).zip(&self.row_label).zip(&self.row_point);
+        if filter.admits_all {
+            for ((v, _), &point) in rows {
+                top.push(point, dot(query, v));
+            }
+        } else {
+            for ((v, label), &point) in rows {
+                if filter.admits(label) {
+                    top.push(point, dot(query, v));
+                }
+            }
+        }
+        top.into_sorted()
     }
 
     pub fn compile(&self, filter: &SearchFilter) -> CompiledFilter {
@@ -167,12 +250,74 @@ impl PointTable {
         CompiledFilter { clauses, admits_all: filter.any_of.is_empty() }
     }
 
-    /// How many live points the filter admits, stopping once past `limit`.
+    /// How many live points the filter admits, stopping once past `limit`. Counted per
+    /// label, not per point.
     pub fn count_admitted(&self, filter: &CompiledFilter, limit: usize) -> usize {
         if filter.admits_all {
             return self.points.len();
         }
-        self.points.values().filter(|p| filter.admits(&p.label)).take(limit + 1).count()
+        let mut admitted = 0;
+        for (label, n) in &self.label_counts {
+            if filter.admits(label) {
+                admitted += n;
+                if admitted > limit {
+                    break;
+                }
+            }
+        }
+        admitted
+    }
+}
+
+impl PointTable {
+    /// Whether the filter admits every live point (checked per label, so it stops at the
+    /// first label of another scope).
+    pub fn admits_every_point(&self, filter: &CompiledFilter) -> bool {
+        filter.admits_all || self.label_counts.keys().all(|label| filter.admits(label))
+    }
+}
+
+/// The best `k` of a stream of scored points: a buffer of up to `2k` that is cut back to
+/// the best `k` when full, after which anything below the k-th score is skipped at once.
+struct TopK {
+    k: usize,
+    hits: Vec<Hit>,
+    /// The k-th best score once `k` are known, `-inf` before.
+    floor: f32,
+}
+
+fn best_first(a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    b.similarity.total_cmp(&a.similarity).then(a.point.cmp(&b.point))
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self { k, hits: Vec::with_capacity(2 * k), floor: f32::NEG_INFINITY }
+    }
+
+    #[inline]
+    fn push(&mut self, point: u64, similarity: f32) {
+        if similarity < self.floor {
+            return;
+        }
+        self.hits.push(Hit { point, similarity });
+        if self.hits.len() == 2 * self.k {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        if self.hits.len() > self.k {
+            self.hits.select_nth_unstable_by(self.k - 1, best_first);
+            self.hits.truncate(self.k);
+            self.floor = self.hits[self.k - 1].similarity;
+        }
+    }
+
+    fn into_sorted(mut self) -> Vec<Hit> {
+        self.cut();
+        self.hits.sort_unstable_by(best_first);
+        self.hits
     }
 }
 
@@ -184,7 +329,7 @@ mod tests {
         let mut t = PointTable::default();
         for (i, (tenant, user, kind)) in scopes.iter().enumerate() {
             let label = t.label(&Scope::user(*tenant, *user), *kind);
-            t.insert(i as u64, label, Arc::from(vec![1.0f32]));
+            t.insert(i as u64, label, &[1.0f32]);
         }
         t
     }
@@ -220,5 +365,87 @@ mod tests {
             t.compile(&SearchFilter::clause(ScopeClause { user_id: Some("mallory".into()), ..Default::default() }));
         assert!(!none.admits(&t.get(0).unwrap().label));
         assert!(t.compile(&SearchFilter::all()).admits(&t.get(0).unwrap().label));
+    }
+
+    fn label(t: &mut PointTable, user: &str) -> Label {
+        t.label(&Scope::user("t", user), Kind::Fact)
+    }
+
+    fn scoped(t: &PointTable, user: &str) -> CompiledFilter {
+        t.compile(&SearchFilter::clause(ScopeClause {
+            tenant: Some("t".into()),
+            user_id: Some(user.into()),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn removal_moves_the_last_row_and_replacement_keeps_counts() {
+        let mut t = PointTable::default();
+        let (a, b) = (label(&mut t, "a"), label(&mut t, "b"));
+        for p in 0..5u64 {
+            t.insert(p, if p % 2 == 0 { a } else { b }, &[p as f32, 1.0]);
+        }
+        assert!(t.remove(1));
+        assert!(!t.remove(1));
+        // Point 4 moved into row 1; every point still reads its own vector.
+        for p in [0u64, 2, 3, 4] {
+            assert_eq!(t.vector(t.get(p).unwrap()), &[p as f32, 1.0]);
+        }
+        assert_eq!(t.count_admitted(&scoped(&t, "a"), 100), 3);
+        assert_eq!(t.count_admitted(&scoped(&t, "b"), 100), 1);
+        // A replacement changes the vector and the label in place.
+        t.insert(3, a, &[9.0, 9.0]);
+        assert_eq!((t.len(), t.count_admitted(&scoped(&t, "a"), 100)), (4, 4));
+        assert_eq!(t.count_admitted(&scoped(&t, "b"), 100), 0);
+        assert_eq!(t.vector(t.get(3).unwrap()), &[9.0, 9.0]);
+        assert!(t.count_admitted(&scoped(&t, "a"), 2) > 2, "past the limit, the count says so");
+        let rows: Vec<(u64, Vec<f32>)> = t.iter().map(|(p, v)| (p, v.to_vec())).collect();
+        assert_eq!(rows.len(), 4);
+        assert!(rows.iter().all(|(p, v)| t.vector(t.get(*p).unwrap()) == &v[..]));
+        for p in [0u64, 2, 3, 4] {
+            assert!(t.remove(p));
+        }
+        assert_eq!((t.len(), t.iter().count(), t.count_admitted(&scoped(&t, "a"), 100)), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_scan_matches_a_sort_of_every_admitted_point() {
+        let mut t = PointTable::default();
+        let (a, b) = (label(&mut t, "a"), label(&mut t, "b"));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        };
+        let mut kept = Vec::new();
+        for p in 0..3000u64 {
+            let v: Vec<f32> = (0..24).map(|_| next()).collect();
+            // Some exact repeats, to exercise the ties.
+            let v =
+                if p % 10 == 9 { kept.last().map(|(_, _, v): &(u64, Label, Vec<f32>)| v.clone()).unwrap() } else { v };
+            let l = if p % 3 == 0 { b } else { a };
+            t.insert(p, l, &v);
+            kept.push((p, l, v));
+        }
+        for p in (0..3000u64).step_by(7) {
+            t.remove(p);
+        }
+        kept.retain(|(p, ..)| p % 7 != 0);
+        let query: Vec<f32> = (0..24).map(|_| next()).collect();
+        for (filter, admits) in [(t.compile(&SearchFilter::all()), None), (scoped(&t, "a"), Some(a))] {
+            for k in [1, 10, 100, 5000] {
+                let mut want: Vec<Hit> = kept
+                    .iter()
+                    .filter(|(_, l, _)| admits.is_none_or(|a| *l == a))
+                    .map(|(p, _, v)| Hit { point: *p, similarity: dot(&query, v) })
+                    .collect();
+                want.sort_unstable_by(best_first);
+                want.truncate(k);
+                assert_eq!(t.exact_top_k(&query, k, &filter), want, "k={k}");
+            }
+        }
     }
 }
