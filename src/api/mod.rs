@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 mod inference;
 mod memories;
+pub mod metrics;
 pub mod middleware;
 mod openai;
 mod openai_fields;
@@ -141,6 +142,8 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
         .route("/v1/sessions/{id}/messages", post(chat::import_messages))
         .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
         .route("/v1/memories/{id}/history", get(memories::history))
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(config.stream_stall_timeout_secs.max(1)),

@@ -665,10 +665,19 @@ impl MemoryService {
             // A cluster node reads the scopes into its caches on their first search.
             store.prepare_search(&filter)?;
             let index = store.index();
+            let stage = |name: &'static str, started: std::time::Instant| {
+                metrics::histogram!("engram_retrieval_seconds", "stage" => name)
+                    .record(started.elapsed().as_secs_f64());
+            };
+            let started = std::time::Instant::now();
             let dense: Vec<(u64, f32)> = match &vector {
                 Some(v) => index.search(v, fetch, &filter).into_iter().map(|h| (h.point, h.similarity)).collect(),
                 None => Vec::new(),
             };
+            if vector.is_some() {
+                stage("dense", started);
+            }
+            let started = std::time::Instant::now();
             let lexical_hits = match mode {
                 Mode::Dense => Vec::new(),
                 Mode::Lexical | Mode::Hybrid => {
@@ -679,6 +688,10 @@ impl MemoryService {
                     }
                 }
             };
+            if mode != Mode::Dense {
+                stage("lexical", started);
+            }
+            let started = std::time::Instant::now();
             let (Mode::Hybrid, Some(vector)) = (mode, &vector) else {
                 return Ok(if mode == Mode::Lexical { lexical_hits } else { dense });
             };
@@ -721,6 +734,7 @@ impl MemoryService {
                 }
                 fused.sort_unstable_by(by_score);
             }
+            stage("fusion", started);
             Ok(fused)
         })
         .await?;

@@ -112,6 +112,11 @@ impl Embedder {
         Ok(Self { jobs: jobs_tx, tokenizer, info: Arc::new(info), capacity: opts.queue_capacity, liveness })
     }
 
+    /// Requests waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     pub fn info(&self) -> &EmbedderInfo {
         &self.info
     }
@@ -232,6 +237,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            metrics::histogram!("engram_embedder_batch_texts").record(queued_texts as f64);
             // A panic answers this batch's jobs with an error; the thread carries on.
             let results = model_thread::catch(|| self.serve(&batch)).unwrap_or_else(|reason| {
                 tracing::error!(jobs = batch.len(), "embedding panicked: {reason}");

@@ -248,6 +248,11 @@ impl Generator {
         })
     }
 
+    /// Requests waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     pub fn info(&self) -> &GeneratorInfo {
         &self.info
     }
@@ -510,6 +515,13 @@ impl Worker {
             Decoded::Cancelled { completion_tokens } => return Ok(Outcome::Cancelled { completion_tokens }),
             Decoded::Finished { generated, finish, decode } => (generated, finish, decode),
         };
+        // Time to first token as the model sees it: the prefill, after the queue.
+        metrics::histogram!("engram_generation_first_token_seconds").record(prefill.as_secs_f64());
+        metrics::counter!("engram_generation_prompt_tokens_total").increment(job.prompt_ids.len() as u64);
+        metrics::counter!("engram_generation_cached_tokens_total").increment(cached_tokens as u64);
+        metrics::counter!("engram_generation_tokens_total").increment(generated as u64);
+        metrics::histogram!("engram_generation_decode_tokens_per_second")
+            .record(generated as f64 / decode.as_secs_f64().max(1e-9));
         let attention = match &probe {
             Some(p) => {
                 let shares = p.shares(&job.spans).map_err(|e| format!("reading attribution: {e}"))?;

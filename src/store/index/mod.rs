@@ -371,6 +371,7 @@ impl VectorIndex {
     /// Builds a fresh graph of the live points and swaps it in. Searches go on against
     /// the old graph meanwhile; points inserted during the build are added at the swap.
     pub fn rebuild_now(&self) {
+        metrics::counter!("engram_index_rebuilds_total").increment(1);
         let snapshot: Vec<(u64, Arc<[f32]>)> = self.table.read().iter().map(|(id, v)| (id, Arc::from(v))).collect();
         let graph = build_graph(&self.params, &snapshot);
         let in_snapshot: HashSet<u64> = snapshot.iter().map(|(id, _)| *id).collect();
