@@ -114,3 +114,26 @@ fn counters_move_with_requests_and_labels_stay_bounded() {
     let last = scrape(&server);
     assert!(last.keys().all(|k| !k.contains("/nope")), "{last:?}");
 }
+
+/// A caller's W3C `traceparent` is carried into the log lines of its request (the
+/// access line at least); a malformed one is ignored, never refused.
+#[test]
+fn a_traceparent_reaches_the_log_lines_of_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("ENGRAM_MODEL__GENERATOR", "")]);
+    server.wait_ready();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let send = |traceparent: &str| {
+        let res = ureq::get(&format!("{}/v1/models", server.base)).set("traceparent", traceparent).call();
+        res.map(|r| r.status()).unwrap_or_else(|e| panic!("{e}"))
+    };
+    server.drain_log();
+    assert_eq!(send(&format!("00-{trace}-00f067aa0ba902b7-01")), 200);
+    let line = server.wait_log(trace, std::time::Duration::from_secs(5)).expect("a log line with the trace id");
+    assert_eq!(line["span"]["trace_id"], trace, "{line}");
+    assert_eq!(line["span"]["parent_span_id"], "00f067aa0ba902b7", "{line}");
+    assert_eq!(send("00-not-a-trace-01"), 200);
+    let access =
+        server.wait_log("finished processing request", std::time::Duration::from_secs(5)).expect("access line");
+    assert!(access["span"].get("trace_id").is_none(), "{access}");
+}

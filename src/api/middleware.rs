@@ -16,20 +16,51 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use super::error::{code_for, ApiError};
 use crate::config::ServerConfig;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// W3C Trace Context's header: `version-traceid-parentid-flags`.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The trace id and parent span id of a well-formed `traceparent` value (W3C Trace
+/// Context, level 1): version `00` with exactly four fields, or a later version with at
+/// least four; lowercase hex of the right lengths; neither id all zeros; version `ff`
+/// is invalid. Anything else is ignored, as the specification asks, never refused.
+pub fn trace_context(value: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let [version, trace, parent, flags, ..] = parts.as_slice() else { return None };
+    let version_ok = hex(version, 2) && *version != "ff" && (*version != "00" || parts.len() == 4);
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    (version_ok && hex(trace, 32) && hex(parent, 16) && hex(flags, 2) && !zero(trace) && !zero(parent))
+        .then(|| (trace.to_string(), parent.to_string()))
+}
+
 /// Wraps `router` in the layers every request goes through, outermost first. `open`:
 /// no API keys are configured, so the browser guard applies (see [`BrowserGuard`]).
 pub fn apply(router: Router, config: &ServerConfig, open: bool) -> Result<Router, String> {
-    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
-        let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-    });
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request<Body>| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            // A caller's W3C trace context ties this request's log lines to its trace.
+            let context = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(trace_context);
+            let (trace_id, parent_id) = context.map_or((None, None), |(t, p)| (Some(t), Some(p)));
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                request_id = %id,
+                trace_id,
+                parent_span_id = parent_id
+            )
+        })
+        // One line per request (an access log), carrying the span's ids.
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(trace)
@@ -226,6 +257,28 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error_code(&body), "payload_too_large");
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    #[test]
+    fn traceparent_is_read_only_when_well_formed() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ids = Some(("4bf92f3577b34da6a3ce929d0e0e4736".to_owned(), "00f067aa0ba902b7".to_owned()));
+        assert_eq!(trace_context(good), ids);
+        // A later version may add fields.
+        assert_eq!(trace_context("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"), ids);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01",
+        ] {
+            assert_eq!(trace_context(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]
