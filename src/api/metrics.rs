@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
+use crate::memory::ingest_jobs::JobStatus;
 
 /// The process-wide recorder's handle, once installed.
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -96,13 +97,10 @@ pub async fn scrape(State(state): State<Arc<AppState>>) -> Response {
                 metrics::gauge!("engram_index_tombstones").set(stats.index_tombstones as f64);
             }
             if let Ok(jobs) = jobs {
-                let mut by_state = std::collections::BTreeMap::<String, usize>::new();
-                for job in &jobs {
-                    *by_state.entry(job_state_name(job.state())).or_default() += 1;
-                }
-                for name in ["pending", "done", "failed"] {
-                    let n = by_state.get(name).copied().unwrap_or(0);
-                    metrics::gauge!("engram_ingestion_jobs", "state" => name).set(n as f64);
+                // As stored: a running job is on record as pending.
+                for status in [JobStatus::Pending, JobStatus::Done, JobStatus::Failed] {
+                    let n = jobs.iter().filter(|j| JobStatus::from(j.state()) == status).count();
+                    metrics::gauge!("engram_ingestion_jobs", "state" => status.name()).set(n as f64);
                 }
             }
         }
@@ -111,18 +109,6 @@ pub async fn scrape(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("engram_process_resident_memory_bytes").set(bytes as f64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
-}
-
-/// A job state's name as the API spells it.
-fn job_state_name(state: crate::store::records::JobState) -> String {
-    use crate::store::records::JobState;
-    match state {
-        JobState::JobPending => "pending",
-        JobState::JobDone => "done",
-        JobState::JobFailed => "failed",
-        JobState::Unspecified => "unknown",
-    }
-    .to_owned()
 }
 
 /// The process's resident set, from `/proc/self/statm` (Linux); `None` elsewhere.

@@ -129,18 +129,7 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
 /// directions are uniform on the sphere.
 pub fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<Arc<[f32]>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let mut v: Vec<f32> = (0..dim)
-                .map(|_| {
-                    let (u1, u2): (f32, f32) = (rng.gen_range(f32::EPSILON..1.0), rng.gen());
-                    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
-                .collect();
-            normalize_vector(&mut v);
-            Arc::from(v)
-        })
-        .collect()
+    (0..n).map(|_| Arc::from(random_direction(&mut rng, dim))).collect()
 }
 
 /// Points around `centres` random unit centres: each is its centre plus Gaussian noise

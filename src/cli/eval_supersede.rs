@@ -16,6 +16,8 @@ use serde_json::json;
 
 use super::client::Client;
 use crate::memory::supersede::Rules;
+use crate::store::index::dot;
+use crate::store::normalized;
 
 #[derive(Debug, Deserialize)]
 struct Pair {
@@ -124,16 +126,10 @@ fn similarities(client: &Client, pairs: &[Pair]) -> anyhow::Result<Vec<f32>> {
             Ok(v.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
         };
         for i in 0..chunk.len() {
-            out.push(cosine(&vector(2 * i)?, &vector(2 * i + 1)?));
+            out.push(dot(&normalized(&vector(2 * i)?), &normalized(&vector(2 * i + 1)?)));
         }
     }
     Ok(out)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
 }
 
 /// The chat model's answer to "does the new memory replace the old one?", greedy. The

@@ -29,7 +29,7 @@ use super::compression::summary_prompt;
 use super::context::{self, AssembledContext, ContextRequest};
 use super::keyed_lock::KeyGuard;
 use super::ranking::Mode;
-use super::service::{blocking, MemoryError, MemoryService, SearchQuery, TimeView};
+use super::service::{blocking, write_with_found_supersession, MemoryError, MemoryService, SearchQuery, TimeView};
 use super::sessions::session_digest;
 use crate::model::generator::{GenerateRequest, GenerationEvent, GenerationSummary, TokenLogprob};
 use crate::model::prompt_cache::CacheKey;
@@ -438,15 +438,7 @@ impl Chat {
             ..Default::default()
         };
         let store = self.memory.store().clone();
-        let outcome = blocking(move || match store.write(batch.clone()) {
-            // A fact found to be updated was superseded or deleted meanwhile: the turn
-            // is still written, superseding nothing (a real conflict fails again).
-            Err(StoreError::Conflict(_) | StoreError::Invalid(_)) if !batch.supersedes.is_empty() => {
-                store.write(WriteBatch { supersedes: Vec::new(), ..batch })
-            }
-            other => other,
-        })
-        .await?;
+        let outcome = blocking(move || write_with_found_supersession(&*store, batch)).await?;
         session.revision = outcome.session_revision.unwrap_or_default();
         Ok(session)
     }

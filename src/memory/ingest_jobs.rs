@@ -54,6 +54,18 @@ impl JobStatus {
     }
 }
 
+/// The status a stored state stands for: a job not finished is pending (it starts again
+/// after a restart); only the book knows which are running now.
+impl From<JobState> for JobStatus {
+    fn from(state: JobState) -> Self {
+        match state {
+            JobState::JobDone => JobStatus::Done,
+            JobState::JobFailed => JobStatus::Failed,
+            JobState::JobPending | JobState::Unspecified => JobStatus::Pending,
+        }
+    }
+}
+
 /// A snapshot of a job, as `/v1/jobs/{id}` reports it.
 #[derive(Debug, Clone)]
 pub struct JobView {
@@ -108,11 +120,7 @@ impl JobBook {
     pub fn admit(&self, record: &IngestJob, content_hash: [u8; 32]) -> JobView {
         let (tenant, user_id) =
             record.scope.as_ref().map(|s| (s.tenant.clone(), s.user_id.clone())).unwrap_or_default();
-        let status = match record.state() {
-            JobState::JobDone => JobStatus::Done,
-            JobState::JobFailed => JobStatus::Failed,
-            JobState::JobPending | JobState::Unspecified => JobStatus::Pending,
-        };
+        let status = JobStatus::from(record.state());
         let view = JobView {
             id: ulid_from_bytes(&record.id).unwrap_or_default(),
             status,

@@ -27,11 +27,14 @@ const STOPWORDS: &[&str] = &[
 /// (Unicode-aware, so "Zürich" stays one word), stopwords dropped, then lightly stemmed
 /// by [`stem`] so that e.g. "cats" and "cat" meet on the same term.
 pub fn tokenize(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty() && STOPWORDS.binary_search(w).is_err())
-        .map(stem)
-        .collect()
+    split_words(&text.to_lowercase()).filter(|w| STOPWORDS.binary_search(w).is_err()).map(stem).collect()
+}
+
+/// The words of already lowercased text, cut at every non-alphanumeric character,
+/// nothing dropped or stemmed: what [`tokenize`] starts from, and what the rules of
+/// [`super::supersede`] and [`super::time_hint`] read.
+pub fn split_words(lower: &str) -> impl Iterator<Item = &str> {
+    lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty())
 }
 
 /// Conservative suffix stripping: plural `-s`/`-es`/`-ies`, `-ing` and `-ed`.

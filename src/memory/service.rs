@@ -26,7 +26,7 @@ use crate::model::{Embedder, EngineError};
 use crate::store::records::{now_ms, Kind, MemoryEntry, MemoryVersion, Scope};
 use crate::store::{
     CommitObserver, Committed, MemoryStore, NewEntry, Page, Precondition, ScopeClause, SearchFilter, StoreError,
-    WriteBatch,
+    WriteBatch, WriteOutcome,
 };
 
 /// Everything that can go wrong here, mapped to HTTP statuses by the API layer.
@@ -143,6 +143,22 @@ impl Default for MemoriesConfig {
             supersede_min_similarity: rules.min_similarity,
             supersede_frame_similarity: rules.frame_similarity,
         }
+    }
+}
+
+/// Writes `batch`, whose supersessions were found automatically ([`super::supersede`]):
+/// when one of those memories was superseded or deleted by another write meanwhile, the
+/// batch is written again superseding nothing, since that is no reason to lose the new
+/// memory. Any other conflict fails the second write as well.
+pub(crate) fn write_with_found_supersession(
+    store: &dyn MemoryStore,
+    batch: WriteBatch,
+) -> Result<WriteOutcome, StoreError> {
+    match store.write(batch.clone()) {
+        Err(StoreError::Conflict(_) | StoreError::Invalid(_)) if !batch.supersedes.is_empty() => {
+            store.write(WriteBatch { supersedes: Vec::new(), ..batch })
+        }
+        other => other,
     }
 }
 
@@ -399,20 +415,10 @@ impl MemoryService {
         };
         let store = self.store.clone();
         let (outcome, entry) = blocking(move || {
-            let batch = WriteBatch {
-                preconditions: vec![guard],
-                entries: vec![entry],
-                supersedes: supersedes.clone(),
-                ..Default::default()
-            };
-            let written = match store.write(batch.clone()) {
-                // A fact found to be updated was superseded or deleted by another write
-                // meanwhile: that is no reason to lose this memory, which is stored alone.
-                Err(StoreError::Conflict(_) | StoreError::Invalid(_)) if auto && !supersedes.is_empty() => {
-                    store.write(WriteBatch { supersedes: Vec::new(), ..batch })
-                }
-                other => other,
-            };
+            let batch =
+                WriteBatch { preconditions: vec![guard], entries: vec![entry], supersedes, ..Default::default() };
+            // Named supersessions must hold; ones found automatically may lapse.
+            let written = if auto { write_with_found_supersession(&*store, batch) } else { store.write(batch) };
             let outcome = written?.entries[0];
             let stored =
                 store.get_entry(outcome.id)?.ok_or_else(|| StoreError::NotFound(format!("memory {}", outcome.id)))?;

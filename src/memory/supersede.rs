@@ -29,6 +29,8 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+use super::lexical::split_words;
+
 /// The thresholds of the rules; see the module docs.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,7 +235,7 @@ const OTHERS: &[&str] = &[
 ];
 
 fn words(text: &str) -> Vec<String> {
-    text.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_owned).collect()
+    split_words(&text.to_lowercase()).map(str::to_owned).collect()
 }
 
 /// A crude stem, enough to match "moves" with "move" and "lived" with "live".
@@ -257,11 +259,9 @@ fn others(words: &[String]) -> HashSet<&str> {
     words.iter().map(|w| stem(w)).filter(|w| OTHERS.iter().any(|o| stem(o) == *w)).collect()
 }
 
-fn has_phrase(lower: &str, phrases: &[&str]) -> bool {
-    let padded = format!(
-        " {} ",
-        lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
-    );
+/// Whether the words hold one of the phrases (each of several words, space-separated).
+fn has_phrase(words: &[String], phrases: &[&str]) -> bool {
+    let padded = format!(" {} ", words.join(" "));
     phrases.iter().any(|p| padded.contains(&format!(" {p} ")))
 }
 
@@ -277,21 +277,20 @@ impl Rules {
         if new_content.iter().all(|w| old_set.contains(w)) {
             return Verdict::Restatement;
         }
-        let (old_lower, new_lower) = (old.to_lowercase(), new.to_lowercase());
         let said = |ws: &[String], list: &[&str]| ws.iter().any(|w| list.contains(&w.as_str()));
-        if said(&new_words, ADDITIVE) || has_phrase(&new_lower, ADDITIVE_PHRASES) {
+        if said(&new_words, ADDITIVE) || has_phrase(&new_words, ADDITIVE_PHRASES) {
             return Verdict::Additive;
         }
         // Someone the old text does not name: the new fact is about them.
         if !others(&new_words).is_subset(&others(&old_words)) {
             return Verdict::OtherPerson;
         }
-        let change = said(&new_words, CHANGE) || has_phrase(&new_lower, CHANGE_PHRASES);
+        let change = said(&new_words, CHANGE) || has_phrase(&new_words, CHANGE_PHRASES);
         if said(&new_words, EVENT) && !change {
             return Verdict::Additive;
         }
         // "used to" in the old text is history, not the current state.
-        if change && !has_phrase(&old_lower, &["used to"]) {
+        if change && !has_phrase(&old_words, &["used to"]) {
             return Verdict::ChangeWord;
         }
         if similarity >= self.frame_similarity && new_value(&old_content, &new_content) {

@@ -55,17 +55,13 @@ pub type Period = (i64, i64);
 /// The period the text names, the narrowest when it names a month or season with the
 /// year; `None` without an explicit year between 1900 and 2199.
 pub fn period_of(text: &str) -> Option<Period> {
-    let words: Vec<String> = text
-        .to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = super::lexical::split_words(&lower).collect();
     let (at, year) = words.iter().enumerate().find_map(|(i, w)| {
         let y: i64 = w.parse().ok().filter(|_| w.len() == 4)?;
         (1900..2200).contains(&y).then_some((i, y))
     })?;
-    let before = |n: usize| at.checked_sub(n).and_then(|i| words.get(i)).map(String::as_str);
+    let before = |n: usize| at.checked_sub(n).and_then(|i| words.get(i)).copied();
     // "March 2024", "spring 2023", "late 2023", "start of 2023", "Christmas 2022".
     let word = before(1).unwrap_or_default();
     if let Some(month) = month_of(word) {
