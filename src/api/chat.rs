@@ -7,37 +7,148 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::inference::async_stream;
-use super::memories::{parse_time, rfc3339};
+use super::memories::{parse_time, rfc3339, MemoryKind, TimeInput};
 use super::AppState;
-use crate::memory::chat::{Chat, ChatEvent, ChatOutcome, ChatTurn, PreparedTurn};
+use crate::memory::chat::{Chat, ChatEvent, ChatOutcome, ChatTurn, PreparedTurn, UsedMemory};
 use crate::memory::sessions::ImportedMessage;
 use crate::model::generator::TokenLogprob;
 use crate::model::sampling::SamplingParams;
 use crate::store::records::Session;
 
-#[derive(Debug, Deserialize)]
+/// A chat turn.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
+    /// Whose memory the turn reads and writes.
     user_id: String,
     message: String,
+    /// Continues a session; a new one is started without it.
     #[serde(default)]
     session_id: Option<String>,
+    /// Server-sent events: `{"delta": …}` pieces, then a `done` event holding the response.
     #[serde(default)]
     stream: bool,
     #[serde(default)]
     max_tokens: Option<usize>,
     #[serde(default)]
     temperature: Option<f32>,
+    /// The memories of this agent only (and the turn is written back as this agent's).
     #[serde(default)]
     agent_id: Option<String>,
 }
 
+/// A memory that went into the prompt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatMemory {
+    pub id: String,
+    #[schema(value_type = MemoryKind)]
+    pub kind: String,
+    pub score: f32,
+    pub text: String,
+    /// The share of the reply's attention its tokens got (null with attribution off).
+    pub attribution: Option<f32>,
+    /// Whether the reply used it (all count as used with attribution off).
+    pub used: bool,
+}
+
+impl From<&UsedMemory> for ChatMemory {
+    fn from(m: &UsedMemory) -> Self {
+        Self {
+            id: m.id.clone(),
+            kind: m.kind.clone(),
+            score: m.score,
+            text: m.text.clone(),
+            attribution: m.attribution,
+            used: m.used,
+        }
+    }
+}
+
+/// The memories of a turn, as the API shows them.
+pub fn chat_memories(outcome: &ChatOutcome) -> Vec<ChatMemory> {
+    outcome.memories.iter().map(ChatMemory::from).collect()
+}
+
+/// Tokens of a chat turn.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose attention cache was kept from the session's previous turn.
+    pub cached_tokens: usize,
+    /// Prompt tokens per section of the working memory (system, summary, memories, turns…).
+    pub sections: BTreeMap<String, usize>,
+}
+
+/// Where a turn's time went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatTimings {
+    pub retrieve_ms: u64,
+    pub generate_ms: u64,
+}
+
+/// A chat turn's reply (also the data of the stream's `done` event).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatResponse {
+    pub session_id: String,
+    pub reply: String,
+    pub memories: Vec<ChatMemory>,
+    pub usage: ChatUsage,
+    pub timings: ChatTimings,
+}
+
+impl From<&ChatOutcome> for ChatResponse {
+    fn from(outcome: &ChatOutcome) -> Self {
+        Self {
+            session_id: outcome.session_id.clone(),
+            reply: outcome.reply.clone(),
+            memories: chat_memories(outcome),
+            usage: ChatUsage {
+                prompt_tokens: outcome.context.prompt_tokens,
+                completion_tokens: outcome.generation.completion_tokens,
+                cached_tokens: outcome.generation.cached_tokens,
+                sections: outcome.context.sections.clone(),
+            },
+            timings: ChatTimings { retrieve_ms: outcome.retrieve_ms, generate_ms: outcome.generate_ms },
+        }
+    }
+}
+
+/// A piece of a streamed reply.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatDelta<'a> {
+    pub delta: &'a str,
+}
+
+/// The data of a streamed turn's events (schema only): pieces of text, then the reply
+/// (`event: done`) or an error (`event: error`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum ChatStreamEvent<'a> {
+    Delta(ChatDelta<'a>),
+    Done(ChatResponse),
+    Error(ErrorResponse),
+}
+
+/// One chat turn with long-term memory: retrieves the user's memories, answers, and
+/// writes the exchange back as a new memory.
+#[utoipa::path(post, path = "/v1/chat", tag = "chat", request_body = ChatRequest, responses(
+    (status = 200, description = "The reply (JSON), or with `stream: true` server-sent events: `data: {\"delta\": …}` \
+        pieces, then `event: done` with the reply object (or `event: error` with an error body)",
+        content((ChatResponse = "application/json"), (ChatStreamEvent = "text/event-stream"))),
+    (status = 404, description = "No chat model is configured", body = ErrorResponse),
+    (status = 429, description = "The model's queue is full; retry after `Retry-After`", body = ErrorResponse),
+))]
 pub async fn chat(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -55,33 +166,28 @@ pub async fn chat(
         ..Default::default()
     };
     if !req.stream {
-        return Ok(Json(outcome_json(&chat.turn(&tenant, turn).await?)).into_response());
+        return Ok(Json(ChatResponse::from(&chat.turn(&tenant, turn).await?)).into_response());
     }
     // Streamed: text deltas as they come, then one `done` event with the metadata.
     let prepared = chat.prepare(&tenant, turn).await?;
     let stream = stream_turn(
         chat,
         prepared,
-        |text, _| Event::default().data(json!({ "delta": text }).to_string()),
-        |outcome, _| vec![Event::default().event("done").data(outcome_json(outcome).to_string())],
+        |text, _| json_event(&ChatDelta { delta: text }),
+        |outcome, _| vec![named_json_event("done", &ChatResponse::from(outcome))],
     )
     .await?;
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
-fn outcome_json(outcome: &ChatOutcome) -> Value {
-    json!({
-        "session_id": outcome.session_id,
-        "reply": outcome.reply,
-        "memories": outcome.memories,
-        "usage": {
-            "prompt_tokens": outcome.context.prompt_tokens,
-            "completion_tokens": outcome.generation.completion_tokens,
-            "cached_tokens": outcome.generation.cached_tokens,
-            "sections": outcome.context.sections,
-        },
-        "timings": { "retrieve_ms": outcome.retrieve_ms, "generate_ms": outcome.generate_ms },
-    })
+/// An event whose data is `value` as JSON.
+pub fn json_event(value: &impl Serialize) -> Event {
+    Event::default().data(serde_json::to_string(value).unwrap_or_default())
+}
+
+/// A named event (`event: name`, then the data) whose data is `value` as JSON.
+fn named_json_event(name: &str, value: &impl Serialize) -> Event {
+    Event::default().event(name).data(serde_json::to_string(value).unwrap_or_default())
 }
 
 /// Streams a prepared turn: `piece` makes the event for each text delta, `last` the
@@ -112,36 +218,80 @@ pub async fn stream_turn(
 
 /// An error after the stream began, in the API's error shape.
 fn error_event(e: ApiError) -> Event {
-    let body = json!({ "error": { "code": e.code, "message": e.message, "param": e.param } });
-    Event::default().event("error").data(body.to_string())
+    named_json_event("error", &e.into_body())
 }
 
-fn session_json(s: &Session) -> Value {
-    let scope = s.scope.clone().unwrap_or_default();
-    json!({
-        "id": s.id,
-        "user_id": scope.user_id,
-        "agent_id": (!scope.agent_id.is_empty()).then_some(scope.agent_id),
-        "turns": s.turns[s.summarized_turns as usize..].iter().map(|t| json!({
-            "role": t.role, "content": t.content, "created_at": rfc3339(t.created_at_ms),
-        })).collect::<Vec<_>>(),
-        "summarized_turns": s.summarized_turns,
-        "rolling_summary": s.rolling_summary,
-        "created_at": rfc3339(s.created_at_ms),
-        "updated_at": rfc3339(s.updated_at_ms),
-    })
+/// A turn of a session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionTurn {
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
 }
 
+/// A session: its recent turns (short-term memory) and the summary of older ones.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    pub user_id: String,
+    pub agent_id: Option<String>,
+    /// The turns not yet folded into `rolling_summary`.
+    pub turns: Vec<SessionTurn>,
+    pub summarized_turns: u32,
+    pub rolling_summary: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+}
+
+impl From<&Session> for SessionView {
+    fn from(s: &Session) -> Self {
+        let scope = s.scope.clone().unwrap_or_default();
+        let recent = s.turns.get(s.summarized_turns as usize..).unwrap_or_default();
+        Self {
+            id: s.id.clone(),
+            user_id: scope.user_id,
+            agent_id: (!scope.agent_id.is_empty()).then_some(scope.agent_id),
+            turns: recent
+                .iter()
+                .map(|t| SessionTurn {
+                    role: t.role.clone(),
+                    content: t.content.clone(),
+                    created_at: rfc3339(t.created_at_ms),
+                })
+                .collect(),
+            summarized_turns: s.summarized_turns,
+            rolling_summary: s.rolling_summary.clone(),
+            created_at: rfc3339(s.created_at_ms),
+            updated_at: rfc3339(s.updated_at_ms),
+        }
+    }
+}
+
+/// Reads a session.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "chat", params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 404, description = "No such session in the caller's tenant", body = ErrorResponse),
+))]
 pub async fn get_session(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionView>, ApiError> {
     let session = state.ready_memory()?.get_session(&tenant, &id).await?;
-    session.map(|s| Json(session_json(&s))).ok_or_else(|| ApiError::not_found(format!("session {id}")))
+    session.map(|s| Json(SessionView::from(&s))).ok_or_else(|| ApiError::not_found(format!("session {id}")))
 }
 
 /// Deletes a session and the memories written from it.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "chat", params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such session in the caller's tenant", body = ErrorResponse),
+))]
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -161,33 +311,52 @@ pub async fn delete_session(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Past conversation to import into a session.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     user_id: String,
     messages: Vec<ImportMessage>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One imported message.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportMessage {
+    /// `user` or `assistant`.
     role: String,
     content: String,
+    /// The speaker's name.
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<TimeInput>)]
     created_at: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
-/// `POST /v1/sessions/{id}/messages`: imports past conversation without generating.
+/// What an import stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    pub session_id: String,
+    pub imported: usize,
+    /// One episodic memory per message, in order.
+    pub memory_ids: Vec<String>,
+}
+
+/// Imports past conversation as a session's turns and episodic memories, generating nothing.
+#[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "chat", params(("id" = String, Path, description = "The session's id")),
+    request_body = ImportRequest, responses(
+        (status = 201, description = "Imported", body = ImportResult),
+))]
 pub async fn import_messages(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ImportRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ImportResult>), ApiError> {
     let memory = state.ready_memory()?.clone();
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
@@ -202,6 +371,6 @@ pub async fn import_messages(
         });
     }
     let ids = memory.import_messages(&tenant, &req.user_id, &id, messages).await?;
-    let ids: Vec<String> = ids.iter().map(|u| u.to_string()).collect();
-    Ok((StatusCode::CREATED, Json(json!({ "session_id": id, "imported": ids.len(), "memory_ids": ids }))))
+    let memory_ids: Vec<String> = ids.iter().map(|u| u.to_string()).collect();
+    Ok((StatusCode::CREATED, Json(ImportResult { session_id: id, imported: memory_ids.len(), memory_ids })))
 }

@@ -11,15 +11,16 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{ApiError, ApiJson};
+use super::chat::json_event;
+use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::inference::{async_stream, EventSink};
 use super::openai_fields::{
     max_tokens, only_one, stop_list, token_ids, unsupported, CompletionLogprobs, Item, OneOrMany, SamplingFields,
-    StreamOptions, TextOrTokens, Usage,
+    StreamOptions, TextLogprobs, TextOrTokens, Usage,
 };
 use super::AppState;
 use crate::model::generator::{FinishReason, GenerateRequest, GenerationEvent, TokenLogprob};
@@ -28,11 +29,13 @@ use crate::model::Generator;
 
 /// OpenAI's completion request (every standard field), with engram's `top_k` and
 /// `repetition_penalty`. Fields it does not know are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    /// One prompt: a text or token ids.
     prompt: Option<TextOrTokens>,
     /// Accepted for OpenAI compatibility; one chat model serves every request.
     #[allow(dead_code)]
+    #[schema(value_type = Option<String>)]
     model: Option<IgnoredAny>,
     max_tokens: Option<usize>,
     temperature: Option<f32>,
@@ -52,6 +55,7 @@ pub struct CompletionRequest {
     best_of: Option<i64>,
     suffix: Option<String>,
     #[allow(dead_code)]
+    #[schema(value_type = Option<String>)]
     user: Option<IgnoredAny>,
     top_k: Option<usize>,
     repetition_penalty: Option<f32>,
@@ -145,6 +149,40 @@ fn prompt(prompt: Option<TextOrTokens>, generator: &Generator) -> Result<(String
     }
 }
 
+/// A completion's choice.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub text: String,
+    pub index: usize,
+    pub logprobs: Option<TextLogprobs>,
+    /// `stop` or `length`; null on a stream's chunks but the last.
+    #[schema(value_type = Option<String>)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// OpenAI's completion object (also each chunk of a stream).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    /// Absent on a stream's chunks unless `stream_options.include_usage` (then null but on
+    /// the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// Completes a prompt with the chat model, no memory involved (OpenAI's legacy completions API).
+#[utoipa::path(post, path = "/v1/completions", tag = "models", request_body = CompletionRequest, responses(
+    (status = 200, description = "The completion, or with `stream: true` server-sent events each holding a \
+        completion chunk, then `data: [DONE]`", content((Completion = "application/json"), (Completion = "text/event-stream"))),
+    (status = 404, description = "No chat model is configured", body = ErrorResponse),
+    (status = 429, description = "The model's queue is full; retry after `Retry-After`", body = ErrorResponse),
+))]
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     _: Tenant,
@@ -161,11 +199,13 @@ pub async fn completions(
     if !answer.stream {
         let (text, summary) = generator.generate_text(request).await?;
         let logprobs = answer.logprobs.then(|| CompletionLogprobs::after(&answer.echo).shape(&summary.logprobs));
-        let choice = json!({ "text": answer.echo + &text, "index": 0, "logprobs": logprobs,
-                             "finish_reason": summary.finish_reason });
-        let mut body = chunks.object("text_completion", vec![choice]);
-        body["usage"] = json!(Usage::of(&summary));
-        return Ok(Json(body).into_response());
+        let choice = CompletionChoice {
+            text: answer.echo + &text,
+            index: 0,
+            logprobs,
+            finish_reason: Some(summary.finish_reason),
+        };
+        return Ok(Json(chunks.object(vec![choice], Some(Some(Usage::of(&summary))))).into_response());
     }
     let events = generator.generate(request).await?;
     let stream = async_stream(move |tx| stream_completion(chunks, answer, events, tx));
@@ -183,37 +223,36 @@ async fn stream_completion(
     let mut shape = CompletionLogprobs::after(&answer.echo);
     let mut pending: Vec<TokenLogprob> = Vec::new();
     // With include_usage, every chunk carries `usage: null` but the last one.
-    let usage_field =
-        |usage: Option<Usage>| if answer.include_usage { Some(json!(usage)) } else { usage.map(|u| json!(u)) };
+    let no_usage = answer.include_usage.then_some(None);
     let mut choice = |text: &str, finish: Option<FinishReason>, pending: &mut Vec<TokenLogprob>| {
         let logprobs = answer.logprobs.then(|| shape.shape(&std::mem::take(pending)));
-        json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish })
+        CompletionChoice { text: text.to_owned(), index: 0, logprobs, finish_reason: finish }
     };
     let mut out = Vec::new();
     if !answer.echo.is_empty() {
-        out.push(chunks.chunk(choice(&answer.echo, None, &mut pending), usage_field(None)));
+        out.push(json_event(&chunks.object(vec![choice(&answer.echo, None, &mut pending)], no_usage)));
     }
     while let Some(event) = events.recv().await {
         match event {
             GenerationEvent::Logprob(l) => pending.push(l),
-            GenerationEvent::Text(t) => out.push(chunks.chunk(choice(&t, None, &mut pending), usage_field(None))),
+            GenerationEvent::Text(t) => {
+                out.push(json_event(&chunks.object(vec![choice(&t, None, &mut pending)], no_usage)))
+            }
             GenerationEvent::Done(summary) => {
                 let last = choice("", Some(summary.finish_reason), &mut pending);
                 let usage = Usage::of(&summary);
                 if answer.include_usage {
-                    out.push(chunks.chunk(last, Some(Value::Null)));
-                    out.push(chunks.chunk_without_choices(usage));
+                    out.push(json_event(&chunks.object(vec![last], Some(None))));
+                    out.push(json_event(&chunks.object(Vec::new(), Some(Some(usage)))));
                 } else {
                     // engram's own habit before stream_options: usage on the last chunk.
-                    out.push(chunks.chunk(last, Some(json!(usage))));
+                    out.push(json_event(&chunks.object(vec![last], Some(Some(usage)))));
                 }
             }
-            GenerationEvent::Failed(reason) => {
-                out.push(json!({ "error": { "code": "internal", "type": "server_error", "message": reason } }))
-            }
+            GenerationEvent::Failed(reason) => out.push(json_event(&ApiError::internal(reason).into_body())),
         }
-        for data in out.drain(..) {
-            if tx.send(Event::default().data(data.to_string())).await.is_err() {
+        for event in out.drain(..) {
+            if tx.send(event).await.is_err() {
                 return;
             }
         }
@@ -229,23 +268,15 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn object(&self, object: &str, choices: Vec<Value>) -> Value {
-        json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices })
-    }
-
-    /// A streamed chunk with one choice; `usage` is set when present (null included).
-    fn chunk(&self, choice: Value, usage: Option<Value>) -> Value {
-        let mut chunk = self.object("text_completion", vec![choice]);
-        if let Some(usage) = usage {
-            chunk["usage"] = usage;
+    /// The completion (or a chunk of it); `usage` is set when present (null included).
+    fn object(&self, choices: Vec<CompletionChoice>, usage: Option<Option<Usage>>) -> Completion {
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
         }
-        chunk
-    }
-
-    /// `stream_options.include_usage`'s last chunk.
-    fn chunk_without_choices(&self, usage: Usage) -> Value {
-        let mut chunk = self.object("text_completion", Vec::new());
-        chunk["usage"] = json!(usage);
-        chunk
     }
 }

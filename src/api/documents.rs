@@ -8,58 +8,143 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::memories::rfc3339;
 use super::AppState;
-use crate::memory::documents::{document_id, document_user, Documents, ExtractError, Ingested, JobView, NewDocument};
+use crate::memory::documents::{document_id, document_user, Documents, ExtractError, Ingested, NewDocument};
 use crate::store::records::{Document, DocumentStatus};
 
-/// A document as the API shows it.
-fn document_json(d: &Document) -> Value {
-    let status = match d.status() {
-        DocumentStatus::Ready => "ready",
-        DocumentStatus::Pending => "pending",
-        DocumentStatus::Failed => "failed",
-        DocumentStatus::Unspecified => "unspecified",
-    };
-    json!({
-        "id": document_id(d).map(|u| u.to_string()),
-        "title": d.title,
-        "source_name": (!d.source_name.is_empty()).then_some(&d.source_name),
-        "mime": d.mime,
-        "user_id": document_user(d),
-        "metadata": serde_json::from_str::<Value>(&d.metadata_json).unwrap_or_else(|_| json!({})),
-        "status": status,
-        "chunks": d.chunk_ids.len(),
-        "created_at": rfc3339(d.created_at_ms),
-        "error": (!d.error.is_empty()).then_some(&d.error),
-    })
+/// A document's state.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum DocumentState {
+    Ready,
+    Pending,
+    Failed,
+    Unspecified,
 }
 
-fn job_json(j: &JobView) -> Value {
-    json!({
-        "id": j.id.to_string(),
-        "status": j.status.name(),
-        "progress": { "done": j.done, "total": j.total },
-        "document_id": j.document_id.to_string(),
-        "error": j.error,
-    })
+/// A document as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentView {
+    pub id: Option<String>,
+    pub title: String,
+    /// The uploaded file's name.
+    pub source_name: Option<String>,
+    pub mime: String,
+    /// The user it belongs to; empty for the tenant's shared knowledge.
+    pub user_id: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    #[schema(value_type = DocumentState)]
+    pub status: &'static str,
+    /// How many knowledge memories it was cut into.
+    pub chunks: usize,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<&Document> for DocumentView {
+    fn from(d: &Document) -> Self {
+        let status = match d.status() {
+            DocumentStatus::Ready => "ready",
+            DocumentStatus::Pending => "pending",
+            DocumentStatus::Failed => "failed",
+            DocumentStatus::Unspecified => "unspecified",
+        };
+        Self {
+            id: document_id(d).map(|u| u.to_string()),
+            title: d.title.clone(),
+            source_name: (!d.source_name.is_empty()).then(|| d.source_name.clone()),
+            mime: d.mime.clone(),
+            user_id: document_user(d).to_owned(),
+            metadata: serde_json::from_str(&d.metadata_json).unwrap_or_else(|_| Value::Object(Default::default())),
+            status,
+            chunks: d.chunk_ids.len(),
+            created_at: rfc3339(d.created_at_ms),
+            error: (!d.error.is_empty()).then(|| d.error.clone()),
+        }
+    }
+}
+
+/// A job's state.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum JobState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// Chunks embedded so far, of how many.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobProgress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// A job ingesting a large document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStatusView {
+    pub id: String,
+    #[schema(value_type = JobState)]
+    pub status: &'static str,
+    pub progress: JobProgress,
+    pub document_id: String,
+    pub error: Option<String>,
+}
+
+/// A large document's ingestion, started (202).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStarted {
+    pub job_id: String,
+    pub document_id: String,
+    #[schema(value_type = JobState)]
+    pub status: &'static str,
+}
+
+/// The tenant's documents.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentList {
+    pub data: Vec<DocumentView>,
+}
+
+/// The multipart form of an upload (schema only; read by [`from_multipart`]).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DocumentUpload {
+    /// A PDF, HTML, Markdown or plain-text file.
+    #[schema(format = Binary, value_type = String)]
+    file: Vec<u8>,
+    /// Default: the file's name without its extension.
+    title: Option<String>,
+    user_id: Option<String>,
+    /// A JSON object, as text.
+    metadata: Option<String>,
 }
 
 /// The JSON form of an upload: the text itself.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDocument {
     title: String,
     text: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// The user it belongs to; without one it is the tenant's shared knowledge.
     #[serde(default)]
     user_id: Option<String>,
+    /// `text/plain` (default), `text/markdown`, or `text/html` (markup stripped).
     #[serde(default)]
     mime: Option<String>,
 }
@@ -124,8 +209,17 @@ async fn from_json(documents: &Documents, req: CreateDocument) -> Result<NewDocu
     })
 }
 
-/// `POST /v1/documents`: 201 with the document, 200 when the same text was already
-/// ingested, 202 with a job for a large document.
+/// Ingests a document into the knowledge base: 201 with the document, 200 when the same
+/// text was already ingested, 202 with a job for a large document.
+#[utoipa::path(post, operation_id = "create_document", path = "/v1/documents", tag = "documents",
+    request_body(content((CreateDocument = "application/json"), (DocumentUpload = "multipart/form-data"))),
+    responses(
+        (status = 201, description = "Stored", body = DocumentView),
+        (status = 200, description = "The same text was already ingested", body = DocumentView),
+        (status = 202, description = "A large document: ingested by a job", body = JobStarted),
+        (status = 413, description = "Over the upload or text limit", body = ErrorResponse),
+        (status = 415, description = "A file type engram cannot read", body = ErrorResponse),
+))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -147,41 +241,60 @@ pub async fn create(
         from_json(documents, body).await?
     };
     Ok(match documents.ingest(&tenant, new).await? {
-        Ingested::Stored(d) => (StatusCode::CREATED, Json(document_json(&d))).into_response(),
-        Ingested::Existing(d) => (StatusCode::OK, Json(document_json(&d))).into_response(),
+        Ingested::Stored(d) => (StatusCode::CREATED, Json(DocumentView::from(&d))).into_response(),
+        Ingested::Existing(d) => (StatusCode::OK, Json(DocumentView::from(&d))).into_response(),
         Ingested::Started(j) => {
-            let body = json!({ "job_id": j.id.to_string(), "document_id": j.document_id.to_string(), "status": j.status.name() });
+            let body = JobStarted {
+                job_id: j.id.to_string(),
+                document_id: j.document_id.to_string(),
+                status: j.status.name(),
+            };
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
     })
 }
 
 /// Filters of `GET /v1/documents`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// One user's documents.
     user_id: Option<String>,
 }
 
-/// `GET /v1/documents`: the tenant's documents, optionally one user's.
+/// The tenant's documents, optionally one user's.
+#[utoipa::path(get, operation_id = "list_documents", path = "/v1/documents", tag = "documents", params(ListQuery), responses(
+    (status = 200, description = "The documents", body = DocumentList),
+))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DocumentList>, ApiError> {
     let docs = state.ready_documents()?.list(&tenant, q.user_id).await?;
-    Ok(Json(json!({ "data": docs.iter().map(document_json).collect::<Vec<_>>() })))
+    Ok(Json(DocumentList { data: docs.iter().map(DocumentView::from).collect() }))
 }
 
-/// `GET /v1/documents/{id}`.
+/// Reads a document.
+#[utoipa::path(get, operation_id = "get_document", path = "/v1/documents/{id}", tag = "documents", params(("id" = String, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "The document", body = DocumentView),
+        (status = 404, description = "No such document in the caller's tenant", body = ErrorResponse),
+))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(document_json(&state.ready_documents()?.get(&tenant, &id).await?)))
+) -> Result<Json<DocumentView>, ApiError> {
+    Ok(Json(DocumentView::from(&state.ready_documents()?.get(&tenant, &id).await?)))
 }
 
-/// `DELETE /v1/documents/{id}`: the document and all its chunks; 204.
+/// Deletes a document and all its chunks.
+#[utoipa::path(delete, operation_id = "delete_document", path = "/v1/documents/{id}", tag = "documents", params(("id" = String, Path, description = "The document's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such document in the caller's tenant", body = ErrorResponse),
+))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -191,11 +304,23 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/jobs/{id}`: a document job's status and progress.
+/// A document job's status and progress.
+#[utoipa::path(get, operation_id = "get_job", path = "/v1/jobs/{id}", tag = "documents", params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobStatusView),
+        (status = 404, description = "No such job in the caller's tenant", body = ErrorResponse),
+))]
 pub async fn job(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(job_json(&state.ready_documents()?.job(&tenant, &id)?)))
+) -> Result<Json<JobStatusView>, ApiError> {
+    let j = state.ready_documents()?.job(&tenant, &id)?;
+    Ok(Json(JobStatusView {
+        id: j.id.to_string(),
+        status: j.status.name(),
+        progress: JobProgress { done: j.done, total: j.total },
+        document_id: j.document_id.to_string(),
+        error: j.error,
+    }))
 }

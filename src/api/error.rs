@@ -13,12 +13,55 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::memory::documents::ExtractError;
 use crate::memory::service::MemoryError;
 use crate::model::EngineError;
 use crate::store::StoreError;
+
+/// The body of every error response (documented once, referenced by every route).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// engram's machine-readable reason.
+    #[schema(value_type = ErrorCode)]
+    pub code: &'static str,
+    /// OpenAI's error type for the status, read by OpenAI's client libraries.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "invalid_request_error")]
+    pub kind: &'static str,
+    /// The request field at fault (`messages[0].content`), or null.
+    pub param: Option<String>,
+    /// A sentence for people, naming what is wrong.
+    pub message: String,
+}
+
+/// Every `code` an error can carry (schema only: the code is chosen by [`code_for`] and
+/// the handlers).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Timeout,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Overloaded,
+    Unavailable,
+    Internal,
+}
 
 /// An error answered to a client.
 #[derive(Debug)]
@@ -57,6 +100,17 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    /// The error as its JSON body (also sent as the event that ends a failed stream).
+    pub fn into_body(self) -> ErrorResponse {
+        ErrorResponse {
+            error: ErrorDetail {
+                code: self.code,
+                kind: openai_type(self.status),
+                param: self.param,
+                message: self.message,
+            },
+        }
     }
 }
 
@@ -97,16 +151,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
-        let body = json!({ "error": {
-            "code": self.code,
-            "type": openai_type(self.status),
-            "param": self.param,
-            "message": self.message,
-        }});
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let status = self.status;
+        let mut response = (status, axum::Json(self.into_body())).into_response();
         // Overload and a store that cannot take writes for now (a shard without its
         // replica, a failover under way) are both worth trying again: say when.
-        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response

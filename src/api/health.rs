@@ -10,8 +10,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::inference::{EmbedderDetails, GeneratorDetails};
 use super::AppState;
 
 /// What start-up is still waiting for, or why it failed; written by the server as
@@ -51,46 +53,107 @@ impl Startup {
     }
 }
 
-/// The process is up and answering.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// The liveness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Healthz {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// The process is up and answering (no key needed).
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "Alive", body = Healthz),
+))]
+pub async fn healthz() -> Json<Healthz> {
+    Json(Healthz { status: "ok" })
+}
+
+/// The store's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreReadiness {
+    pub open: bool,
+    /// Entries in the vector index, once open.
+    pub entries: Option<usize>,
+}
+
+/// A model with whether its worker is running.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Running<T> {
+    #[serde(flatten)]
+    pub info: T,
+    /// False while the worker restarts after a crash.
+    pub running: bool,
+}
+
+/// The models' state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelsReadiness {
+    /// False until the models are loaded (then the fields below appear).
+    pub loaded: bool,
+    pub embedder: Option<Running<EmbedderDetails>>,
+    pub generator: Option<Running<GeneratorDetails>>,
+}
+
+/// Start-up's state (schema only).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ReadyState {
+    Ready,
+    Starting,
+    Restarting,
+    Failed,
+}
+
+/// The readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readyz {
+    #[schema(value_type = ReadyState)]
+    pub status: &'static str,
+    /// The parts still loading (`store`, `embedder`, `generator`…).
+    pub loading: Vec<&'static str>,
+    pub store: StoreReadiness,
+    pub models: ModelsReadiness,
+    /// `cpu` or `cuda:N`.
+    #[schema(value_type = String)]
+    pub device: crate::model::ResolvedDevice,
+    /// Why start-up failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Ready to serve: the store is open, its index loaded, the models loaded (and not
-/// restarting after a crash), and the memory service built on them.
-pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+/// restarting after a crash), and the memory service built on them (no key needed).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = Readyz),
+    (status = 503, description = "Starting, restarting or failed: the body says which", body = Readyz),
+))]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readyz>) {
     let progress = state.startup.progress();
-    let store = state.store().map(|s| json!({ "open": true, "entries": s.index().len() }));
+    let store = StoreReadiness { open: state.store().is_some(), entries: state.store().map(|s| s.index().len()) };
     let mut running = true;
-    let models = state.engine().map(|e| {
-        let embedder = e.embedder.as_ref().map(|m| with_running(m.info(), m.is_running(), &mut running));
-        let generator = e.generator.as_ref().map(|m| with_running(m.info(), m.is_running(), &mut running));
-        json!({ "embedder": embedder, "generator": generator })
-    });
-    let status = match (&progress.failed, progress.loading.is_empty() && models.is_some(), running) {
+    let models = match state.engine() {
+        Some(e) => ModelsReadiness {
+            loaded: true,
+            embedder: e.embedder.as_ref().map(|m| {
+                running &= m.is_running();
+                Running { info: EmbedderDetails::from(m.info()), running: m.is_running() }
+            }),
+            generator: e.generator.as_ref().map(|m| {
+                running &= m.is_running();
+                Running { info: GeneratorDetails::from(m.info()), running: m.is_running() }
+            }),
+        },
+        None => ModelsReadiness { loaded: false, embedder: None, generator: None },
+    };
+    let status = match (&progress.failed, progress.loading.is_empty() && models.loaded, running) {
         (Some(_), _, _) => "failed",
         (None, false, _) => "starting",
         (None, true, false) => "restarting",
         (None, true, true) => "ready",
     };
-    let mut body = json!({
-        "status": status,
-        "loading": progress.loading,
-        "store": store.unwrap_or(json!({ "open": false })),
-        "models": models.unwrap_or(json!({ "loaded": false })),
-        "device": state.device,
-    });
-    if let Some(error) = progress.failed {
-        body["error"] = json!(error);
-    }
     let code = if status == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body =
+        Readyz { status, loading: progress.loading, store, models, device: state.device, error: progress.failed };
     (code, Json(body))
-}
-
-/// A model's info with whether it is running; clears `all_running` when it is not.
-fn with_running(info: impl serde::Serialize, running: bool, all_running: &mut bool) -> Value {
-    *all_running &= running;
-    let mut value = serde_json::to_value(info).unwrap_or_default();
-    value["running"] = json!(running);
-    value
 }

@@ -12,18 +12,21 @@ use axum::response::Response;
 use axum::Json;
 use base64::Engine as _;
 use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::openai_fields::{token_ids, Item, TextOrTokens};
 use super::AppState;
-use crate::model::embedder::EmbedInput;
+use crate::model::embedder::{EmbedInput, EmbedderInfo};
+use crate::model::generator::GeneratorInfo;
 
-#[derive(Debug, Deserialize)]
+/// OpenAI's embeddings request.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
+    /// A text, a list of texts, a list of token ids, or a list of such lists (1 to 2048 inputs).
     pub input: TextOrTokens,
     /// `float` (a list of numbers, the default) or `base64` (each vector's f32 values,
     /// little-endian, base64-encoded: what OpenAI's clients ask for by default).
@@ -35,20 +38,64 @@ pub struct EmbeddingsRequest {
     /// Accepted for OpenAI compatibility; one embedding model serves every request.
     #[serde(default)]
     #[allow(dead_code)]
+    #[schema(value_type = Option<String>)]
     pub model: Option<IgnoredAny>,
     #[serde(default)]
     #[allow(dead_code)]
+    #[schema(value_type = Option<String>)]
     pub user: Option<IgnoredAny>,
+}
+
+/// A vector: numbers, or with `encoding_format: base64` the f32 values little-endian in base64.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+/// One input's vector.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Embedding {
+    /// Always `embedding`.
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+/// Tokens read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// OpenAI's embeddings response, plus which inputs were cut to the model's limit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+    /// Indices of the inputs cut to the model's token limit (`model.embedder.truncate`).
+    pub truncated: Vec<usize>,
 }
 
 /// Largest number of inputs in one embeddings request.
 const MAX_INPUTS: usize = 2048;
 
+/// Embeds texts with the sentence encoder (OpenAI's embeddings API).
+#[utoipa::path(post, path = "/v1/embeddings", tag = "models", request_body = EmbeddingsRequest, responses(
+    (status = 200, description = "One unit vector per input, in order", body = EmbeddingsResponse),
+    (status = 404, description = "No embedding model is configured", body = ErrorResponse),
+    (status = 429, description = "The model's queue is full; retry after `Retry-After`", body = ErrorResponse),
+))]
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     _: Tenant,
     ApiJson(req): ApiJson<EmbeddingsRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
     let engine = state.ready_engine()?;
     let embedder = engine.embedder.as_ref().ok_or_else(|| ApiError::not_found("no embedding model is configured"))?;
     let base64 = match req.encoding_format.as_deref() {
@@ -80,22 +127,23 @@ pub async fn embeddings(
             ),
         ));
     }
-    let data: Vec<Value> = out
+    let data = out
         .vectors
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let embedding = if base64 { json!(base64_f32(v)) } else { json!(v) };
-            json!({ "object": "embedding", "index": i, "embedding": embedding })
+            let embedding =
+                if base64 { EmbeddingVector::Base64(base64_f32(v)) } else { EmbeddingVector::Float(v.to_vec()) };
+            Embedding { object: "embedding", index: i, embedding }
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": embedder.info().name,
-        "usage": { "prompt_tokens": out.tokens, "total_tokens": out.tokens },
-        "truncated": out.truncated,
-    })))
+    Ok(Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: embedder.info().name.clone(),
+        usage: EmbeddingUsage { prompt_tokens: out.tokens, total_tokens: out.tokens },
+        truncated: out.truncated,
+    }))
 }
 
 /// The request's inputs, checked: 1 to [`MAX_INPUTS`] of them, none empty, token ids
@@ -200,16 +248,98 @@ pub async fn stream_stall_timeout_scope(
     STREAM_STALL_TIMEOUT.scope(timeout, next.run(request)).await
 }
 
-pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Json<Value>, ApiError> {
+/// The sentence encoder as loaded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbedderDetails {
+    pub name: String,
+    pub dimension: usize,
+    /// Longest input in tokens.
+    pub max_tokens: usize,
+    pub parameters: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+impl From<&EmbedderInfo> for EmbedderDetails {
+    fn from(i: &EmbedderInfo) -> Self {
+        Self {
+            name: i.name.clone(),
+            dimension: i.dimension,
+            max_tokens: i.max_tokens,
+            parameters: i.parameters,
+            device: i.device.clone(),
+            dtype: i.dtype.clone(),
+        }
+    }
+}
+
+/// The chat model as loaded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GeneratorDetails {
+    pub name: String,
+    pub parameters: usize,
+    /// Its context window in tokens.
+    pub context_length: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+impl From<&GeneratorInfo> for GeneratorDetails {
+    fn from(i: &GeneratorInfo) -> Self {
+        Self {
+            name: i.name.clone(),
+            parameters: i.parameters,
+            context_length: i.context_length,
+            device: i.device.clone(),
+            dtype: i.dtype.clone(),
+        }
+    }
+}
+
+/// A model's details, by kind.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ModelDetails {
+    Embedding(EmbedderDetails),
+    Chat(GeneratorDetails),
+}
+
+/// A loaded model, as OpenAI lists them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelEntry {
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    pub owned_by: &'static str,
+    /// `embedding` or `chat`.
+    pub kind: &'static str,
+    pub details: ModelDetails,
+}
+
+/// The loaded models.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<ModelEntry>,
+}
+
+/// The loaded models (OpenAI's models API).
+#[utoipa::path(get, operation_id = "list_models", path = "/v1/models", tag = "models", responses(
+    (status = 200, description = "The models", body = ModelList),
+))]
+pub async fn models(State(state): State<Arc<AppState>>, _: Tenant) -> Result<Json<ModelList>, ApiError> {
     let engine = state.ready_engine()?;
+    let entry =
+        |id: &str, kind, details| ModelEntry { id: id.to_owned(), object: "model", owned_by: "engram", kind, details };
     let mut data = Vec::new();
     if let Some(e) = &engine.embedder {
-        data.push(json!({ "id": e.info().name, "object": "model", "owned_by": "engram", "kind": "embedding", "details": e.info() }));
+        data.push(entry(&e.info().name, "embedding", ModelDetails::Embedding(e.info().into())));
     }
     if let Some(g) = &engine.generator {
-        data.push(json!({ "id": g.info().name, "object": "model", "owned_by": "engram", "kind": "chat", "details": g.info() }));
+        data.push(entry(&g.info().name, "chat", ModelDetails::Chat(g.info().into())));
     }
-    Ok(Json(json!({ "object": "list", "data": data })))
+    Ok(Json(ModelList { object: "list", data }))
 }
 
 #[cfg(test)]

@@ -70,7 +70,10 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// The exposition, with the gauges read now.
+/// Prometheus's text exposition, with the gauges read now (no key needed).
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4", body = String),
+))]
 pub async fn scrape(State(state): State<Arc<AppState>>) -> Response {
     let Some(handle) = HANDLE.get() else {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "metrics are not installed").into_response();

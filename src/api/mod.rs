@@ -13,12 +13,15 @@ pub mod metrics;
 pub mod middleware;
 mod openai;
 mod openai_fields;
+pub mod openapi;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::routing::{get, post};
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::ServerConfig;
 use crate::memory::chat::Chat;
@@ -123,26 +126,40 @@ impl AppState {
     }
 }
 
+/// Every route, each with its documentation (utoipa-axum adds both at once).
+fn documented_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(inference::models))
+        .routes(routes!(inference::embeddings))
+        .routes(routes!(completions::completions))
+        .routes(routes!(memories::add, memories::list, memories::erase_user))
+        .routes(routes!(memories::search))
+        .routes(routes!(chat::chat))
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(documents::create, documents::list))
+        .routes(routes!(documents::get, documents::delete))
+        .routes(routes!(documents::job))
+        .routes(routes!(chat::get_session, chat::delete_session))
+        .routes(routes!(chat::import_messages))
+        .routes(routes!(memories::get, memories::patch, memories::delete))
+        .routes(routes!(memories::history))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(openapi::document))
+}
+
+/// The OpenAPI document of every route (what `/openapi.json` serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(documented_routes().split_for_parts().1)
+}
+
 /// The whole router, with every middleware layer applied.
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, String> {
-    let routes = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/models", get(inference::models))
-        .route("/v1/embeddings", post(inference::embeddings))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/memories", post(memories::add).get(memories::list).delete(memories::erase_user))
-        .route("/v1/memories/search", post(memories::search))
-        .route("/v1/chat", post(chat::chat))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/documents", post(documents::create).get(documents::list))
-        .route("/v1/documents/{id}", get(documents::get).delete(documents::delete))
-        .route("/v1/jobs/{id}", get(documents::job))
-        .route("/v1/sessions/{id}", get(chat::get_session).delete(chat::delete_session))
-        .route("/v1/sessions/{id}/messages", post(chat::import_messages))
-        .route("/v1/memories/{id}", get(memories::get).patch(memories::patch).delete(memories::delete))
-        .route("/v1/memories/{id}/history", get(memories::history))
-        .route("/metrics", get(metrics::scrape))
+    let (routes, doc) = documented_routes().split_for_parts();
+    openapi::publish(&openapi::finish(doc));
+    let routes = routes
+        .merge(openapi::docs_page())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(

@@ -21,27 +21,31 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::Tenant;
-use super::chat::stream_turn;
-use super::error::{ApiError, ApiJson};
+use super::chat::{chat_memories, json_event, stream_turn, ChatMemory};
+use super::error::{ApiError, ApiJson, ErrorResponse};
 use super::openai_fields::{
-    chat_logprobs, is_set, max_tokens, only_one, stop_list, unsupported, OneOrMany, SamplingFields, StreamOptions,
-    Usage,
+    chat_logprobs, is_set, max_tokens, only_one, stop_list, unsupported, ChatLogprobs, OneOrMany, SamplingFields,
+    StreamOptions, Usage,
 };
 use super::AppState;
 use crate::memory::chat::{ChatOutcome, ChatTurn};
-use crate::model::generator::TokenLogprob;
+use crate::model::generator::{FinishReason, TokenLogprob};
 use crate::model::sampling::SamplingParams;
 use crate::store::records::now_ms;
 
-#[derive(Debug, Deserialize)]
+/// A message of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Message {
+    /// `system`, `developer`, `user`, `assistant` (`tool` and `function` are skipped).
     role: String,
     /// A string, or OpenAI's list of content parts (text, and refusal for the assistant).
     #[serde(default)]
+    #[schema(value_type = Object)]
     content: Value,
 }
 
@@ -76,14 +80,18 @@ impl Message {
 /// its own `top_k` and `repetition_penalty`. Other fields (`store`, `service_tier`,
 /// `reasoning_effort`, `prediction`, `prompt_cache_key`, …) change nothing here and are
 /// ignored, as are fields it does not know.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     messages: Vec<Message>,
     /// Accepted for compatibility: one chat model serves every request.
     #[allow(dead_code)]
+    #[schema(value_type = Option<String>)]
     model: Option<IgnoredAny>,
+    /// The user whose memory the conversation uses.
     user: Option<String>,
     safety_identifier: Option<String>,
+    /// `session_id` here continues a session.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, Value>>,
     max_tokens: Option<usize>,
     max_completion_tokens: Option<usize>,
@@ -99,14 +107,22 @@ pub struct ChatCompletionRequest {
     logprobs: Option<bool>,
     top_logprobs: Option<usize>,
     n: Option<i64>,
+    #[schema(value_type = Option<Object>)]
     tools: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     functions: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     tool_choice: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     function_call: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     response_format: Option<Value>,
     modalities: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
     audio: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     web_search_options: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     moderation: Option<Value>,
     top_k: Option<usize>,
     repetition_penalty: Option<f32>,
@@ -243,6 +259,93 @@ impl ChatCompletionRequest {
     }
 }
 
+/// The assistant's reply.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    pub content: String,
+    /// Always null.
+    pub refusal: Option<String>,
+}
+
+/// The one choice of a chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`.
+    #[schema(value_type = String)]
+    pub finish_reason: FinishReason,
+}
+
+/// OpenAI's chat completion, with the memories the turn used and its session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    pub memories: Vec<ChatMemory>,
+    /// Pass as `metadata.session_id` to continue the session.
+    pub session_id: String,
+}
+
+/// What a chunk adds to the reply.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ChunkDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// The one choice of a chunk.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: ChunkDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    /// Null but on the last chunk: `stop` or `length`.
+    #[schema(value_type = Option<String>)]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A chunk of a streamed chat completion (the data of each server-sent event before `[DONE]`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    pub created: i64,
+    pub model: String,
+    /// Empty on the usage chunk of `stream_options.include_usage`.
+    pub choices: Vec<ChunkChoice>,
+    /// With `stream_options.include_usage`: null but on the usage chunk; without it, on
+    /// the finish chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+    /// On the finish chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memories: Option<Vec<ChatMemory>>,
+    /// On the finish chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// OpenAI's chat completions API, with long-term memory behind it: the official client
+/// libraries work unchanged.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", request_body = ChatCompletionRequest, responses(
+    (status = 200, description = "The completion, or with `stream: true` server-sent events each holding a \
+        chunk, then `data: [DONE]`", content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
+    (status = 404, description = "No chat model is configured", body = ErrorResponse),
+    (status = 429, description = "The model's queue is full; retry after `Retry-After`", body = ErrorResponse),
+))]
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -266,28 +369,39 @@ pub async fn chat_completions(
     if !stream {
         let outcome = chat.turn(&tenant, turn).await?;
         let logprobs = wants_logprobs.then(|| chat_logprobs(&outcome.generation.logprobs));
-        let choice = json!({ "index": 0, "message": { "role": "assistant", "content": outcome.reply, "refusal": null },
-                             "logprobs": logprobs, "finish_reason": outcome.generation.finish_reason });
-        let mut body = chunks.object("chat.completion", choice);
-        body["usage"] = json!(usage(&outcome));
-        body["memories"] = json!(outcome.memories);
-        body["session_id"] = json!(outcome.session_id);
+        let body = ChatCompletion {
+            id: chunks.id,
+            object: "chat.completion",
+            created: chunks.created,
+            model: chunks.model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AssistantMessage { role: "assistant", content: outcome.reply.clone(), refusal: None },
+                logprobs,
+                finish_reason: outcome.generation.finish_reason,
+            }],
+            usage: usage(&outcome),
+            memories: chat_memories(&outcome),
+            session_id: outcome.session_id,
+        };
         return Ok(Json(body).into_response());
     }
     let prepared = chat.prepare(&tenant, turn).await?;
-    let first = chunks.chunk(json!({ "role": "assistant", "content": "" }), Value::Null, Vec::new());
+    let opening_delta = ChunkDelta { role: Some("assistant"), content: Some(String::new()) };
+    let first = chunks.chunk(opening_delta, None, Vec::new());
     let chunks = Arc::new(chunks);
     let piece_chunks = chunks.clone();
     let stream = stream_turn(
         chat,
         prepared,
         move |text, logprobs| {
-            Event::default().data(piece_chunks.chunk(json!({ "content": text }), Value::Null, logprobs).to_string())
+            let delta = ChunkDelta { role: None, content: Some(text.to_owned()) };
+            json_event(&piece_chunks.chunk(delta, None, logprobs))
         },
         move |outcome, logprobs| chunks.closing(outcome, logprobs),
     )
     .await?;
-    let opening = tokio_stream::once(Ok(Event::default().data(first.to_string())));
+    let opening = tokio_stream::once(Ok(json_event(&first)));
     Ok(Sse::new(tokio_stream::StreamExt::chain(opening, stream)).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -308,38 +422,45 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn object(&self, object: &str, choice: Value) -> Value {
-        let choices = if choice.is_null() { Vec::new() } else { vec![choice] };
-        json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices })
+    /// A chunk with `choices` (with include_usage, `usage: null`).
+    fn object(&self, choices: Vec<ChunkChoice>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: self.include_usage.then_some(None),
+            memories: None,
+            session_id: None,
+        }
     }
 
-    fn chunk(&self, delta: Value, finish: Value, logprobs: Vec<TokenLogprob>) -> Value {
+    fn chunk(
+        &self,
+        delta: ChunkDelta,
+        finish: Option<FinishReason>,
+        logprobs: Vec<TokenLogprob>,
+    ) -> ChatCompletionChunk {
         let logprobs = self.logprobs.then(|| chat_logprobs(&logprobs));
-        let mut chunk = self.object(
-            "chat.completion.chunk",
-            json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }),
-        );
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
+        self.object(vec![ChunkChoice { index: 0, delta, logprobs, finish_reason: finish }])
     }
 
     /// The finish chunk (with the memories used and the session), the usage, `[DONE]`.
     fn closing(&self, outcome: &ChatOutcome, logprobs: Vec<TokenLogprob>) -> Vec<Event> {
-        let mut last = self.chunk(json!({}), json!(outcome.generation.finish_reason), logprobs);
-        last["memories"] = json!(outcome.memories);
-        last["session_id"] = json!(outcome.session_id);
+        let mut last = self.chunk(ChunkDelta::default(), Some(outcome.generation.finish_reason), logprobs);
+        last.memories = Some(chat_memories(outcome));
+        last.session_id = Some(outcome.session_id.clone());
         let mut events = Vec::with_capacity(3);
         if self.include_usage {
-            events.push(Event::default().data(last.to_string()));
-            let mut usage_chunk = self.object("chat.completion.chunk", Value::Null);
-            usage_chunk["usage"] = json!(usage(outcome));
-            events.push(Event::default().data(usage_chunk.to_string()));
+            events.push(json_event(&last));
+            let mut usage_chunk = self.object(Vec::new());
+            usage_chunk.usage = Some(Some(usage(outcome)));
+            events.push(json_event(&usage_chunk));
         } else {
             // engram's own habit before stream_options: usage on the finish chunk.
-            last["usage"] = json!(usage(outcome));
-            events.push(Event::default().data(last.to_string()));
+            last.usage = Some(Some(usage(outcome)));
+            events.push(json_event(&last));
         }
         events.push(Event::default().data("[DONE]"));
         events

@@ -10,13 +10,14 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::model::generator::{GenerationSummary, TokenChoice, TokenLogprob};
 use crate::model::sampling::SamplingParams;
 
 /// A string or a list of strings, as OpenAI's `stop` accepts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -34,7 +35,7 @@ impl OneOrMany {
 
 /// OpenAI's `input` (embeddings) and `prompt` (completions): a string, a list of
 /// strings, a list of token ids, or a list of such lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TextOrTokens {
     Text(String),
@@ -146,7 +147,7 @@ pub fn max_tokens(value: Option<usize>, param: &str) -> Result<Option<usize>, Ap
 }
 
 /// OpenAI's `stream_options`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     /// A last chunk, before `[DONE]`, with `choices: []` and the usage of the request.
     #[serde(default)]
@@ -186,7 +187,7 @@ pub fn is_set(value: &Option<Value>) -> bool {
 }
 
 /// OpenAI's `usage`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -195,7 +196,7 @@ pub struct Usage {
 }
 
 /// `usage.prompt_tokens_details`: how many prompt tokens came from the session's cache.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
@@ -221,19 +222,55 @@ fn token_text(t: &TokenChoice) -> String {
     String::from_utf8_lossy(&t.bytes).into_owned()
 }
 
-/// Chat's `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}`.
-pub fn chat_logprobs(entries: &[TokenLogprob]) -> Value {
-    let choice =
-        |t: &TokenChoice| serde_json::json!({ "token": token_text(t), "logprob": t.logprob, "bytes": t.bytes });
-    let content: Vec<Value> = entries
+/// A token and its log-probability.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenProbability {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's exact bytes (`token` shows a partial character as U+FFFD).
+    pub bytes: Vec<u8>,
+}
+
+impl From<&TokenChoice> for TokenProbability {
+    fn from(t: &TokenChoice) -> Self {
+        Self { token: token_text(t), logprob: t.logprob, bytes: t.bytes.clone() }
+    }
+}
+
+/// A generated token with the most likely alternatives.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatTokenLogprob {
+    #[serde(flatten)]
+    pub chosen: TokenProbability,
+    pub top_logprobs: Vec<TokenProbability>,
+}
+
+/// Chat's `logprobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    /// Always null: the model does not refuse.
+    pub refusal: Option<String>,
+}
+
+/// Chat's `logprobs` for `entries`.
+pub fn chat_logprobs(entries: &[TokenLogprob]) -> ChatLogprobs {
+    let content = entries
         .iter()
-        .map(|e| {
-            let mut entry = choice(&e.token);
-            entry["top_logprobs"] = e.top.iter().map(choice).collect();
-            entry
-        })
+        .map(|e| ChatTokenLogprob { chosen: (&e.token).into(), top_logprobs: e.top.iter().map(Into::into).collect() })
         .collect();
-    serde_json::json!({ "content": content, "refusal": null })
+    ChatLogprobs { content, refusal: None }
+}
+
+/// The legacy completions' `logprobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the alternatives' log-probabilities by text (the chosen one included).
+    pub top_logprobs: Vec<HashMap<String, f32>>,
+    /// Each token's offset in characters in the choice's text.
+    pub text_offset: Vec<usize>,
 }
 
 /// The legacy completions' `logprobs` (`tokens`, `token_logprobs`, `top_logprobs`,
@@ -253,7 +290,7 @@ impl CompletionLogprobs {
     }
 
     /// The shape for `entries`, the next tokens of the text.
-    pub fn shape(&mut self, entries: &[TokenLogprob]) -> Value {
+    pub fn shape(&mut self, entries: &[TokenLogprob]) -> TextLogprobs {
         let mut offsets = Vec::with_capacity(entries.len());
         for e in entries {
             offsets.push(self.offset);
@@ -268,12 +305,12 @@ impl CompletionLogprobs {
                 top
             })
             .collect();
-        serde_json::json!({
-            "tokens": entries.iter().map(|e| token_text(&e.token)).collect::<Vec<_>>(),
-            "token_logprobs": entries.iter().map(|e| e.token.logprob).collect::<Vec<_>>(),
-            "top_logprobs": top,
-            "text_offset": offsets,
-        })
+        TextLogprobs {
+            tokens: entries.iter().map(|e| token_text(&e.token)).collect(),
+            token_logprobs: entries.iter().map(|e| e.token.logprob).collect(),
+            top_logprobs: top,
+            text_offset: offsets,
+        }
     }
 
     /// Counts the characters `bytes` complete (an invalid byte is one U+FFFD).
@@ -356,11 +393,12 @@ mod tests {
         let mut shape = CompletionLogprobs::after("Hé");
         let cat = "🐱".as_bytes();
         let v = shape.shape(&[entry(b" a", -0.5), entry(&cat[..2], -1.0), entry(&cat[2..], -0.125), entry(b"!", -2.0)]);
+        let v = serde_json::to_value(v).unwrap();
         assert_eq!(v["text_offset"], serde_json::json!([2, 4, 4, 5]));
         assert_eq!(v["token_logprobs"], serde_json::json!([-0.5, -1.0, -0.125, -2.0]));
         assert_eq!(v["tokens"][0], " a");
         assert_eq!(v["top_logprobs"][3]["!"], -2.0, "the chosen token is among the top ones");
         // A later chunk of the same stream runs on from there.
-        assert_eq!(shape.shape(&[entry(b"x", 0.0)])["text_offset"], serde_json::json!([6]));
+        assert_eq!(shape.shape(&[entry(b"x", 0.0)]).text_offset, [6]);
     }
 }

@@ -70,6 +70,8 @@ pub enum Command {
         #[command(flatten)]
         remote: remote::Remote,
     },
+    /// Print the HTTP API's OpenAPI document (what `/openapi.json` serves).
+    Openapi,
     /// Chat with memory in the terminal, against a running server.
     Chat {
         /// Continue this session instead of starting one.
@@ -107,5 +109,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest { paths, remote } => remote::ingest(&remote, &paths),
         Command::Query { text, k, mode, remote } => remote::query(&remote, &text, k, &mode),
         Command::Chat { session, remote } => remote::chat(&remote, session),
+        Command::Openapi => {
+            println!("{}", crate::api::openapi_document().to_pretty_json()?);
+            Ok(())
+        }
     }
 }
