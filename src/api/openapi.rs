@@ -37,6 +37,7 @@ use super::error::ErrorResponse;
         (name = "memories", description = "A user's long-term memories: add, list, edit, search, erase"),
         (name = "documents", description = "The knowledge base: documents cut into searchable chunks"),
         (name = "models", description = "The models themselves, OpenAI-compatible, no memory involved"),
+        (name = "mcp", description = "The memory tools for agents, over the Model Context Protocol"),
         (name = "operations", description = "Probes, metrics and this document"),
     ),
     components(schemas(ErrorResponse)),
@@ -53,9 +54,9 @@ pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// The security scheme's name in the document.
 const BEARER: &str = "api_key";
 
-/// Routes outside `/v1` need no key: probes, metrics and the docs.
+/// Routes outside `/v1` (and `/mcp`) need no key: probes, metrics and the docs.
 fn needs_key(path: &str) -> bool {
-    path.starts_with("/v1/")
+    path.starts_with("/v1/") || path == super::mcp::PATH
 }
 
 /// What holds for every route, added once: the bearer scheme, no key on the open
@@ -77,6 +78,7 @@ impl Modify for Conventions {
         );
         doc.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
         doc.paths.paths.insert("/docs".to_owned(), docs_page_item());
+        doc.paths.paths.insert(super::mcp::PATH.to_owned(), super::mcp::path_item());
         for (path, item) in doc.paths.paths.iter_mut() {
             let keyed = needs_key(path);
             for op in operations(item) {
