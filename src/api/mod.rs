@@ -163,7 +163,8 @@ pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Result<Router, Str
     // MCP's tools call the REST routes as they are, before the layers below (the MCP
     // request itself went through them).
     let doc = serde_json::to_value(&doc).map_err(|e| format!("the OpenAPI document: {e}"))?;
-    let rest = routes.clone().with_state(state.clone());
+    let rest =
+        routes.clone().layer(axum::extract::DefaultBodyLimit::max(config.body_limit_bytes)).with_state(state.clone());
     let routes = routes
         .merge(mcp::routes(rest, &doc, config, state.clone()))
         .merge(openapi::docs_page())
