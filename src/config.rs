@@ -57,6 +57,11 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// An OpenTelemetry collector's OTLP/HTTP base URL: spans are exported to
+    /// `{otlp_endpoint}/v1/traces`. Empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

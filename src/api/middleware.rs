@@ -17,6 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::error::{code_for, ApiError};
 use crate::config::ServerConfig;
@@ -41,6 +42,19 @@ pub fn trace_context(value: &str) -> Option<(String, String)> {
         .then(|| (trace.to_string(), parent.to_string()))
 }
 
+/// Request headers as OpenTelemetry reads a propagated context from them.
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 /// Wraps `router` in the layers every request goes through, outermost first. `open`:
 /// no API keys are configured, so the browser guard applies (see [`BrowserGuard`]).
 pub fn apply(router: Router, config: &ServerConfig, open: bool) -> Result<Router, String> {
@@ -50,14 +64,19 @@ pub fn apply(router: Router, config: &ServerConfig, open: bool) -> Result<Router
             // A caller's W3C trace context ties this request's log lines to its trace.
             let context = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(trace_context);
             let (trace_id, parent_id) = context.map_or((None, None), |(t, p)| (Some(t), Some(p)));
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "request",
                 method = %req.method(),
                 path = %req.uri().path(),
                 request_id = %id,
                 trace_id,
                 parent_span_id = parent_id
-            )
+            );
+            // Exported spans (with `log.otlp_endpoint`) continue the caller's trace; without
+            // an exporter the propagator is a no-op and this does nothing.
+            let caller = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+            let _ = span.set_parent(caller);
+            span
         })
         // One line per request (an access log), carrying the span's ids.
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));

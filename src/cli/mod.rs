@@ -96,7 +96,8 @@ impl Cli {
 /// Runs the parsed command; the exit code is the caller's to set from the result.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings().map_err(anyhow::Error::msg)?;
-    crate::logging::init(&settings.log);
+    // Held to the end: dropping it sends the spans still buffered for the collector.
+    let _telemetry = crate::logging::init(&settings.log).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Serve { .. } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

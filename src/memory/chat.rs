@@ -194,6 +194,7 @@ impl Chat {
 
     /// Retrieves, and assembles the prompt: everything before generation. Waits for the
     /// session's earlier turns to finish first.
+    #[tracing::instrument(name = "chat.prepare", skip_all)]
     pub async fn prepare(&self, tenant: &str, mut turn: ChatTurn) -> Result<PreparedTurn, MemoryError> {
         if turn.user_id.is_empty() {
             return Err(MemoryError::Invalid("user_id is required".into()));

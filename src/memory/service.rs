@@ -643,6 +643,7 @@ impl MemoryService {
 
     /// The memories closest in meaning to the query, within the tenant and the given
     /// user (their own memories, plus the tenant's shared knowledge).
+    #[tracing::instrument(name = "memory.search", skip_all, fields(k = q.k))]
     pub async fn search(&self, tenant: &str, q: SearchQuery) -> Result<Vec<Found>, MemoryError> {
         if q.query.trim().is_empty() {
             return Err(MemoryError::Invalid("query is empty".into()));
