@@ -215,6 +215,40 @@ fn a_collector_that_is_down_costs_requests_nothing() {
 }
 
 #[test]
+fn a_collector_that_never_answers_holds_up_neither_requests_nor_shutdown() {
+    // Accepts connections and reads nothing: every export hangs until its timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("ENGRAM_LOG__OTLP_ENDPOINT", endpoint.as_str()),
+            ("ENGRAM_MODEL__GENERATOR", ""),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    server.wait_ready();
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let (status, body) = server.post("/v1/memories", &json!({ "user_id": "ana", "text": format!("fact {i}") }));
+        assert_eq!(status, 201, "{body}");
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(2), "a request waited on the collector: {slowest:?}");
+    let started = Instant::now();
+    let (clean, _) = server.terminate();
+    assert!(clean);
+    // The last export gets a bounded wait (5 s), then the process leaves without it.
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
+#[test]
 fn an_endpoint_that_is_no_url_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::engram_bin())
