@@ -30,8 +30,12 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the global subscriber. Calling it twice is harmless (the second is ignored).
+/// Installs the global subscriber. Calling it twice is harmless (the second is ignored,
+/// and exports nothing).
 pub fn init(config: &LogConfig) -> Result<Telemetry, String> {
+    if tracing::dispatcher::has_been_set() {
+        return Ok(Telemetry { provider: None });
+    }
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -56,6 +60,11 @@ pub fn init(config: &LogConfig) -> Result<Telemetry, String> {
 /// Batches spans to `{endpoint}/v1/traces` (OTLP's HTTP path, as with
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`), from a thread of its own.
 fn tracer_provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, String> {
+    // The HTTP client is built without TLS (a collector runs beside the service); an
+    // https:// endpoint would fail every export, so it is refused here instead.
+    if !endpoint.starts_with("http://") {
+        return Err(format!("log.otlp_endpoint must be an http:// URL (no TLS is built in), got `{endpoint}`"));
+    }
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

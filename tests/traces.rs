@@ -160,7 +160,8 @@ fn request_spans_continue_the_callers_trace_in_the_collector() {
     assert_eq!(res.status(), 200);
 
     let spans = spans_until(&rx, |s| {
-        request_span(s, "/v1/memories/search").is_some()
+        request_span(s, "/v1/memories").is_some()
+            && request_span(s, "/v1/memories/search").is_some()
             && request_span(s, "/v1/models").is_some()
             && s.iter().any(|x| x.name == "memory.search" && x.trace_id == trace)
     });
@@ -177,10 +178,9 @@ fn request_spans_continue_the_callers_trace_in_the_collector() {
     assert!(models.trace_id != trace && models.trace_id != "0".repeat(32), "{models:?}");
     assert_eq!(models.parent_span_id, "", "a new trace has no parent: {models:?}");
     // The request without a traceparent got a trace of its own too.
-    let add = request_span(&spans, "/v1/memories");
-    if let Some(add) = add {
-        assert!(add.trace_id != trace && add.trace_id != models.trace_id);
-    }
+    let add = request_span(&spans, "/v1/memories").expect("the add request's span");
+    assert!(add.trace_id != trace && add.trace_id != models.trace_id, "{add:?}");
+    assert_eq!(add.parent_span_id, "", "{add:?}");
     let (clean, _) = server.terminate();
     assert!(clean);
 }
@@ -202,6 +202,8 @@ fn a_collector_that_is_down_costs_requests_nothing() {
         ],
     );
     server.wait_ready();
+    // The failed exports are said in the log, not swallowed.
+    assert!(server.wait_log("BatchSpanProcessor.ExportError", Duration::from_secs(15)).is_some());
     for i in 0..20 {
         let (status, body) = server.post("/v1/memories", &json!({ "user_id": "ana", "text": format!("fact {i}") }));
         assert_eq!(status, 201, "{body}");
@@ -230,6 +232,8 @@ fn a_collector_that_never_answers_holds_up_neither_requests_nor_shutdown() {
             ("ENGRAM_LOG__OTLP_ENDPOINT", endpoint.as_str()),
             ("ENGRAM_MODEL__GENERATOR", ""),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            // Longer than the test's bound below: shutdown must not wait for the export.
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "60000"),
         ],
     );
     server.wait_ready();
@@ -245,19 +249,35 @@ fn a_collector_that_never_answers_holds_up_neither_requests_nor_shutdown() {
     let (clean, _) = server.terminate();
     assert!(clean);
     // The last export gets a bounded wait (5 s), then the process leaves without it.
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
 }
 
 #[test]
-fn an_endpoint_that_is_no_url_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::engram_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
-        .arg(dir.path())
-        .env("ENGRAM_LOG__OTLP_ENDPOINT", "not a url")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("log.otlp_endpoint"), "{stderr}");
+fn an_endpoint_that_cannot_work_is_refused_at_start() {
+    for endpoint in ["not a url", "https://collector.example:4318"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(common::engram_bin())
+            .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--data-dir"])
+            .arg(dir.path())
+            .env("ENGRAM_LOG__OTLP_ENDPOINT", endpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("`{endpoint}` was accepted: the server started");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success(), "{endpoint}");
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert!(stderr.contains("log.otlp_endpoint"), "{endpoint}: {stderr}");
+    }
 }

@@ -88,7 +88,7 @@ pub struct Running<T> {
 /// The models' state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelsReadiness {
-    /// False until the models are loaded (then the fields below appear).
+    /// False until the models are loaded (the fields below are null until then).
     pub loaded: bool,
     pub embedder: Option<Running<EmbedderDetails>>,
     pub generator: Option<Running<GeneratorDetails>>,

@@ -241,6 +241,8 @@ fn build_request(
         builder = builder.header(header::AUTHORIZATION, key);
     }
     let body = if route.method == Method::GET || route.method == Method::DELETE {
+        // An agent sends null for an optional field it leaves out; a query has no null.
+        args.retain(|_, value| !value.is_null());
         let query = serde_urlencoded::to_string(&*args)
             .map_err(|e| ApiError::bad_request(format!("arguments must be plain values here: {e}")))?;
         if !query.is_empty() {

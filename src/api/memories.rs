@@ -327,7 +327,7 @@ pub async fn add(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Required.
+    #[param(required = true)]
     user_id: Option<String>,
     #[param(value_type = Option<MemoryKind>)]
     kind: Option<String>,
@@ -376,7 +376,7 @@ pub async fn list(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EraseQuery {
-    /// Required.
+    #[param(required = true)]
     user_id: Option<String>,
 }
 
