@@ -55,6 +55,7 @@ pub struct ChatMemory {
     pub score: f32,
     pub text: String,
     /// The share of the reply's attention its tokens got (null with attribution off).
+    #[schema(required = true)]
     pub attribution: Option<f32>,
     /// Whether the reply used it (all count as used with attribution off).
     pub used: bool,
@@ -227,7 +228,7 @@ pub struct SessionTurn {
     /// `user` or `assistant`.
     pub role: String,
     pub content: String,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
 }
 
@@ -236,14 +237,15 @@ pub struct SessionTurn {
 pub struct SessionView {
     pub id: String,
     pub user_id: String,
+    #[schema(required = true)]
     pub agent_id: Option<String>,
     /// The turns not yet folded into `rolling_summary`.
     pub turns: Vec<SessionTurn>,
     pub summarized_turns: u32,
     pub rolling_summary: String,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub updated_at: Option<String>,
 }
 

@@ -154,9 +154,10 @@ fn prompt(prompt: Option<TextOrTokens>, generator: &Generator) -> Result<(String
 pub struct CompletionChoice {
     pub text: String,
     pub index: usize,
+    #[schema(required = true)]
     pub logprobs: Option<TextLogprobs>,
     /// `stop` or `length`; null on a stream's chunks but the last.
-    #[schema(value_type = Option<String>)]
+    #[schema(required = true, value_type = Option<String>)]
     pub finish_reason: Option<FinishReason>,
 }
 

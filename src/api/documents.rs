@@ -33,9 +33,11 @@ pub enum DocumentState {
 /// A document as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocumentView {
+    #[schema(required = true)]
     pub id: Option<String>,
     pub title: String,
     /// The uploaded file's name.
+    #[schema(required = true)]
     pub source_name: Option<String>,
     pub mime: String,
     /// The user it belongs to; empty for the tenant's shared knowledge.
@@ -46,8 +48,9 @@ pub struct DocumentView {
     pub status: &'static str,
     /// How many knowledge memories it was cut into.
     pub chunks: usize,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
@@ -100,6 +103,7 @@ pub struct JobStatusView {
     pub status: &'static str,
     pub progress: JobProgress,
     pub document_id: String,
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 

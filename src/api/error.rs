@@ -38,6 +38,7 @@ pub struct ErrorDetail {
     #[schema(value_type = String, example = "invalid_request_error")]
     pub kind: &'static str,
     /// The request field at fault (`messages[0].content`), or null.
+    #[schema(required = true)]
     pub param: Option<String>,
     /// A sentence for people, naming what is wrong.
     pub message: String,

@@ -73,6 +73,7 @@ pub async fn healthz() -> Json<Healthz> {
 pub struct StoreReadiness {
     pub open: bool,
     /// Entries in the vector index, once open.
+    #[schema(required = true)]
     pub entries: Option<usize>,
 }
 
@@ -90,7 +91,9 @@ pub struct Running<T> {
 pub struct ModelsReadiness {
     /// False until the models are loaded (the fields below are null until then).
     pub loaded: bool,
+    #[schema(required = true)]
     pub embedder: Option<Running<EmbedderDetails>>,
+    #[schema(required = true)]
     pub generator: Option<Running<GeneratorDetails>>,
 }
 

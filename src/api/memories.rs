@@ -108,11 +108,12 @@ fn ids_of(list: &[prost::bytes::Bytes]) -> Vec<String> {
 pub struct Validity {
     /// Not superseded, and (with `as_of`) valid at that time.
     pub current: bool,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub valid_from: Option<String>,
     /// When a newer memory superseded it; null while it holds.
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub valid_to: Option<String>,
+    #[schema(required = true)]
     pub superseded_by: Option<String>,
     pub supersedes: Vec<String>,
 }
@@ -132,12 +133,15 @@ impl Validity {
 /// A memory as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemoryView {
+    #[schema(required = true)]
     pub id: Option<String>,
     #[schema(value_type = MemoryKind)]
     pub kind: &'static str,
     pub text: String,
     pub user_id: String,
+    #[schema(required = true)]
     pub agent_id: Option<String>,
+    #[schema(required = true)]
     pub session_id: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: Value,
@@ -145,15 +149,16 @@ pub struct MemoryView {
     pub importance: f32,
     /// 1 for a memory never edited; each PATCH adds one.
     pub version: usize,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub updated_at: Option<String>,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub last_accessed_at: Option<String>,
     pub access_count: u64,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub expires_at: Option<String>,
+    #[schema(required = true)]
     pub source: Option<SourceView>,
     #[serde(flatten)]
     pub validity: Validity,
@@ -188,6 +193,7 @@ impl MemoryView {
 pub struct MemoryPage {
     pub data: Vec<MemoryView>,
     /// Pass as `cursor` for the next page; null on the last.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -210,12 +216,12 @@ pub struct MemoryVersion {
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub importance: f32,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub expires_at: Option<String>,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub since: Option<String>,
     /// When the next version replaced it; null for the current one.
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -231,6 +237,7 @@ pub struct MemoryHistory {
 /// A search hit.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchHit {
+    #[schema(required = true)]
     pub id: Option<String>,
     #[schema(value_type = MemoryKind)]
     pub kind: &'static str,
@@ -239,8 +246,9 @@ pub struct SearchHit {
     pub text: String,
     #[schema(value_type = Object)]
     pub metadata: Value,
-    #[schema(format = DateTime)]
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
+    #[schema(required = true)]
     pub source: Option<SourceView>,
     #[serde(flatten)]
     pub validity: Validity,

@@ -266,6 +266,7 @@ pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
     /// Always null.
+    #[schema(required = true)]
     pub refusal: Option<String>,
 }
 
@@ -274,6 +275,7 @@ pub struct AssistantMessage {
 pub struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
+    #[schema(required = true)]
     pub logprobs: Option<ChatLogprobs>,
     /// `stop` or `length`.
     #[schema(value_type = String)]
@@ -309,9 +311,10 @@ pub struct ChunkDelta {
 pub struct ChunkChoice {
     pub index: usize,
     pub delta: ChunkDelta,
+    #[schema(required = true)]
     pub logprobs: Option<ChatLogprobs>,
     /// Null but on the last chunk: `stop` or `length`.
-    #[schema(value_type = Option<String>)]
+    #[schema(required = true, value_type = Option<String>)]
     pub finish_reason: Option<FinishReason>,
 }
 

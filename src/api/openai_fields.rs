@@ -250,6 +250,7 @@ pub struct ChatTokenLogprob {
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
     /// Always null: the model does not refuse.
+    #[schema(required = true)]
     pub refusal: Option<String>,
 }
 
