@@ -5,7 +5,6 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
@@ -50,10 +49,7 @@ pub fn init(config: &LogConfig) -> Result<Telemetry, String> {
         endpoint => Some(tracer_provider(endpoint, &config.service_name)?),
     };
     let export = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("engram")));
-    if tracing_subscriber::registry().with(lines).with(export).with(filter).try_init().is_ok() && provider.is_some() {
-        // A request's span continues the caller's trace (see `api::middleware`).
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    }
+    let _ = tracing_subscriber::registry().with(lines).with(export).with(filter).try_init();
     Ok(Telemetry { provider })
 }
 

@@ -27,32 +27,54 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C Trace Context's header: `version-traceid-parentid-flags`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// The trace id and parent span id of a well-formed `traceparent` value (W3C Trace
-/// Context, level 1): version `00` with exactly four fields, or a later version with at
-/// least four; lowercase hex of the right lengths; neither id all zeros; version `ff`
-/// is invalid. Anything else is ignored, as the specification asks, never refused.
-pub fn trace_context(value: &str) -> Option<(String, String)> {
+/// W3C Trace Context's companion header: vendors' own key-value pairs.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A caller's place in its trace, from a well-formed `traceparent`.
+#[derive(Debug, PartialEq)]
+pub struct TraceParent {
+    pub trace_id: String,
+    pub parent_id: String,
+    /// The caller recorded its span (flag bit 0).
+    pub sampled: bool,
+}
+
+impl TraceParent {
+    /// The caller's span as OpenTelemetry's remote parent, with the request's `tracestate`.
+    fn remote_context(&self, tracestate: Option<&str>) -> opentelemetry::Context {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+        let flags = if self.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        let state = tracestate.and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
+        let span = SpanContext::new(
+            TraceId::from_hex(&self.trace_id).unwrap_or(TraceId::INVALID),
+            SpanId::from_hex(&self.parent_id).unwrap_or(SpanId::INVALID),
+            flags,
+            true,
+            state,
+        );
+        opentelemetry::Context::new().with_remote_span_context(span)
+    }
+}
+
+/// The caller's trace context in a well-formed `traceparent` value (W3C Trace Context,
+/// level 1): version `00` with exactly four fields, or a later version with at least
+/// four; lowercase hex of the right lengths; neither id all zeros; version `ff` is
+/// invalid. Anything else is ignored, as the specification asks, never refused. The
+/// one reading of the header: both the log lines and the exported spans use it.
+pub fn trace_context(value: &str) -> Option<TraceParent> {
     let parts: Vec<&str> = value.trim().split('-').collect();
     let hex =
         |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let [version, trace, parent, flags, ..] = parts.as_slice() else { return None };
     let version_ok = hex(version, 2) && *version != "ff" && (*version != "00" || parts.len() == 4);
     let zero = |s: &str| s.bytes().all(|b| b == b'0');
-    (version_ok && hex(trace, 32) && hex(parent, 16) && hex(flags, 2) && !zero(trace) && !zero(parent))
-        .then(|| (trace.to_string(), parent.to_string()))
-}
-
-/// Request headers as OpenTelemetry reads a propagated context from them.
-struct Headers<'a>(&'a axum::http::HeaderMap);
-
-impl opentelemetry::propagation::Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
+    (version_ok && hex(trace, 32) && hex(parent, 16) && hex(flags, 2) && !zero(trace) && !zero(parent)).then(|| {
+        TraceParent {
+            trace_id: trace.to_string(),
+            parent_id: parent.to_string(),
+            sampled: u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1),
+        }
+    })
 }
 
 /// Wraps `router` in the layers every request goes through, outermost first. `open`:
@@ -62,20 +84,21 @@ pub fn apply(router: Router, config: &ServerConfig, open: bool) -> Result<Router
         .make_span_with(|req: &Request<Body>| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             // A caller's W3C trace context ties this request's log lines to its trace.
-            let context = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(trace_context);
-            let (trace_id, parent_id) = context.map_or((None, None), |(t, p)| (Some(t), Some(p)));
+            let header = |name: HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let caller = header(TRACEPARENT).and_then(trace_context);
             let span = tracing::info_span!(
                 "request",
                 method = %req.method(),
                 path = %req.uri().path(),
                 request_id = %id,
-                trace_id,
-                parent_span_id = parent_id
+                trace_id = caller.as_ref().map(|c| c.trace_id.as_str()),
+                parent_span_id = caller.as_ref().map(|c| c.parent_id.as_str())
             );
             // Exported spans (with `log.otlp_endpoint`) continue the caller's trace; without
-            // an exporter the propagator is a no-op and this does nothing.
-            let caller = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
-            let _ = span.set_parent(caller);
+            // an exporter this does nothing.
+            if let Some(caller) = &caller {
+                let _ = span.set_parent(caller.remote_context(header(TRACESTATE)));
+            }
             span
         })
         // One line per request (an access log), carrying the span's ids.
@@ -281,10 +304,17 @@ mod tests {
     #[test]
     fn traceparent_is_read_only_when_well_formed() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let ids = Some(("4bf92f3577b34da6a3ce929d0e0e4736".to_owned(), "00f067aa0ba902b7".to_owned()));
+        let ids = Some(TraceParent {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            parent_id: "00f067aa0ba902b7".to_owned(),
+            sampled: true,
+        });
         assert_eq!(trace_context(good), ids);
         // A later version may add fields.
         assert_eq!(trace_context("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"), ids);
+        // The sampled flag is bit 0; other bits are the specification's to define later.
+        let unsampled = trace_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02").unwrap();
+        assert!(!unsampled.sampled);
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
