@@ -186,7 +186,9 @@ pub fn json_event(value: &impl Serialize) -> Event {
     Event::default().data(serde_json::to_string(value).unwrap_or_default())
 }
 
-/// A named event (`event: name`, then the data) whose data is `value` as JSON.
+/// A named event whose data is `value` as JSON. The name is set first so that its line
+/// comes before the data (axum writes the fields in the order they are set), as
+/// line-by-line readers of the stream expect.
 fn named_json_event(name: &str, value: &impl Serialize) -> Event {
     Event::default().event(name).data(serde_json::to_string(value).unwrap_or_default())
 }

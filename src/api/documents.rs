@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
 use super::error::{ApiError, ApiJson, ErrorResponse};
-use super::memories::rfc3339;
+use super::memories::{metadata_of, rfc3339};
 use super::AppState;
 use crate::memory::documents::{document_id, document_user, Documents, ExtractError, Ingested, NewDocument};
 use crate::store::records::{Document, DocumentStatus};
@@ -68,7 +68,7 @@ impl From<&Document> for DocumentView {
             source_name: (!d.source_name.is_empty()).then(|| d.source_name.clone()),
             mime: d.mime.clone(),
             user_id: document_user(d).to_owned(),
-            metadata: serde_json::from_str(&d.metadata_json).unwrap_or_else(|_| Value::Object(Default::default())),
+            metadata: metadata_of(&d.metadata_json),
             status,
             chunks: d.chunk_ids.len(),
             created_at: rfc3339(d.created_at_ms),

@@ -86,6 +86,14 @@ pub struct Running<T> {
     pub running: bool,
 }
 
+impl<T> Running<T> {
+    /// `info` with its worker's state; clears `all_running` when it is not running.
+    fn of(info: T, running: bool, all_running: &mut bool) -> Self {
+        *all_running &= running;
+        Self { info, running }
+    }
+}
+
 /// The models' state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelsReadiness {
@@ -133,19 +141,20 @@ pub struct Readyz {
 ))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readyz>) {
     let progress = state.startup.progress();
-    let store = StoreReadiness { open: state.store().is_some(), entries: state.store().map(|s| s.index().len()) };
+    let store = state.store();
+    let store = StoreReadiness { open: store.is_some(), entries: store.map(|s| s.index().len()) };
     let mut running = true;
     let models = match state.engine() {
         Some(e) => ModelsReadiness {
             loaded: true,
-            embedder: e.embedder.as_ref().map(|m| {
-                running &= m.is_running();
-                Running { info: EmbedderDetails::from(m.info()), running: m.is_running() }
-            }),
-            generator: e.generator.as_ref().map(|m| {
-                running &= m.is_running();
-                Running { info: GeneratorDetails::from(m.info()), running: m.is_running() }
-            }),
+            embedder: e
+                .embedder
+                .as_ref()
+                .map(|m| Running::of(EmbedderDetails::from(m.info()), m.is_running(), &mut running)),
+            generator: e
+                .generator
+                .as_ref()
+                .map(|m| Running::of(GeneratorDetails::from(m.info()), m.is_running(), &mut running)),
         },
         None => ModelsReadiness { loaded: false, embedder: None, generator: None },
     };

@@ -14,10 +14,10 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, request::Parts, HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use rmcp::model::{
@@ -34,6 +34,7 @@ use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, ResponseBuilder};
 
+use super::auth::Tenant;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::ServerConfig as HttpConfig;
@@ -126,13 +127,10 @@ pub fn routes(api: Router, doc: &Value, config: &HttpConfig, state: Arc<AppState
     Router::new().route_service(PATH, service).route_layer(axum::middleware::from_fn_with_state(state, authenticate))
 }
 
-/// Refuses a request without a valid key (when keys are configured) before MCP reads it.
-async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let key = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match state.keys.tenant(key) {
-        Ok(_) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
+/// Refuses a request without a valid key (when keys are configured) before MCP reads
+/// it: the REST handlers' own [`Tenant`] extractor does the refusing.
+async fn authenticate(_: Tenant, req: Request, next: Next) -> Response {
+    next.run(req).await
 }
 
 /// `/mcp` in the OpenAPI document (served by the MCP transport, not by a handler).

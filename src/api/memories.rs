@@ -61,8 +61,8 @@ pub enum MemoryKind {
     Summary,
 }
 
-/// A memory's metadata as stored: a JSON object.
-fn metadata_of(json: &str) -> Value {
+/// Metadata as stored (a memory's or a document's): a JSON object.
+pub fn metadata_of(json: &str) -> Value {
     serde_json::from_str(json).unwrap_or_else(|_| Value::Object(Default::default()))
 }
 
