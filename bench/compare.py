@@ -34,19 +34,27 @@ def corpus(path, n):
     return lines[:n]
 
 
-def bench_sentence_transformers(model_dir, sentences, batch_sizes):
+def bench_sentence_transformers(model_dir, sentences, batch_sizes, bf16=False):
+    """Sentences/s per batch size; with `bf16`, under CPU autocast to bf16 (its linear
+    layers multiply in bf16, layer norms stay f32: the recipe engram's bf16 products use)."""
+    import contextlib
+
+    import torch
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(model_dir, device="cpu")
-    model.encode(sentences[:32], batch_size=32)
+    label = "sentence-transformers" + (" (bf16 autocast)" if bf16 else "")
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     rates = {}
-    for b in batch_sizes:
-        started = time.perf_counter()
-        for i in range(0, len(sentences), b):
-            model.encode(sentences[i : i + b], batch_size=b)
-        rates[b] = len(sentences) / (time.perf_counter() - started)
-        print(f"sentence-transformers batch {b:>3}: {rates[b]:8.1f} sentences/s")
-    return rates
+    with precision:
+        model.encode(sentences[:32], batch_size=32)
+        for b in batch_sizes:
+            started = time.perf_counter()
+            for i in range(0, len(sentences), b):
+                model.encode(sentences[i : i + b], batch_size=b)
+            rates[b] = len(sentences) / (time.perf_counter() - started)
+            print(f"{label} batch {b:>3}: {rates[b]:8.1f} sentences/s")
+    return label, rates
 
 
 def bench_transformers(gguf_path, prompt_tokens, new_tokens):
@@ -118,11 +126,18 @@ def main():
     torch.set_num_threads(a.threads)
     if not a.skip_embed:
         ours = engram_json(a.engram, ["embed", "--corpus", a.corpus, "--sentences", str(a.sentences)])
-        theirs = bench_sentence_transformers(a.embedder, corpus(a.corpus, a.sentences), [r["batch"] for r in ours["results"]])
+        sentences = corpus(a.corpus, a.sentences)
+        batches = sorted({r["batch"] for r in ours["results"]})
+        # sentence-transformers as a user runs it (f32), and with bf16 products as well
+        # where engram used them, so that each of engram's precisions meets its like.
+        theirs = [bench_sentence_transformers(a.embedder, sentences, batches)]
+        if any(r["products"] == "BFloat16" for r in ours["results"]):
+            theirs.append(bench_sentence_transformers(a.embedder, sentences, batches, bf16=True))
         for r in ours["results"]:
-            ratio = r["sentences_per_s"] / theirs[r["batch"]]
-            print(f"embed batch {r['batch']:>3}: engram {r['sentences_per_s']:.1f} vs sentence-transformers "
-                  f"{theirs[r['batch']]:.1f} sentences/s = {ratio:.2f}x")
+            for name, rates in theirs:
+                ratio = r["sentences_per_s"] / rates[r["batch"]]
+                print(f"embed batch {r['batch']:>3}: engram ({r['products']} products) {r['sentences_per_s']:.1f} "
+                      f"vs {name} {rates[r['batch']]:.1f} sentences/s = {ratio:.2f}x")
     if not a.skip_generate:
         ours = engram_json(
             a.engram,

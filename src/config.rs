@@ -73,6 +73,8 @@ pub struct ModelConfig {
     pub cuda_dtype: CudaDtype,
     /// The sentence encoder's compute precision on CUDA.
     pub embedder_cuda_dtype: CudaDtype,
+    /// The sentence encoder's dense-layer products on the CPU.
+    pub embedder_cpu_dtype: CpuDtype,
     pub embedder: PathBuf,
     pub embedder_queue: usize,
     pub embedder_max_batch_tokens: usize,
@@ -90,6 +92,16 @@ pub struct ModelConfig {
 #[serde(rename_all = "lowercase")]
 pub enum CudaDtype {
     F16,
+    Bf16,
+}
+
+/// The precision of the sentence encoder's dense-layer products on the CPU.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuDtype {
+    /// bf16 where the CPU multiplies it natively (AMX), else f32.
+    Auto,
+    F32,
     Bf16,
 }
 
@@ -208,5 +220,16 @@ mod tests {
         assert!(err.contains("no_such_key"), "{err}");
         let err = load(&[("ENGRAM_EXTRACTION__CPU_SECS", "0")]).unwrap_err();
         assert!(err.contains("extraction.cpu_secs"), "{err}");
+        let err = load(&[("ENGRAM_MODEL__EMBEDDER_CPU_DTYPE", "fp8")]).unwrap_err();
+        assert!(err.contains("embedder_cpu_dtype"), "{err}");
+    }
+
+    #[test]
+    fn the_encoder_precision_is_read() {
+        assert_eq!(load(&[]).unwrap().model.embedder_cpu_dtype, CpuDtype::Auto);
+        let s = load(&[("ENGRAM_MODEL__EMBEDDER_CPU_DTYPE", "f32")]).unwrap();
+        assert_eq!(s.model.embedder_cpu_dtype, CpuDtype::F32);
+        let s = load(&[("ENGRAM_MODEL__EMBEDDER_CPU_DTYPE", "bf16")]).unwrap();
+        assert_eq!(s.model.embedder_cpu_dtype, CpuDtype::Bf16);
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, AppState};
-use crate::config::{CudaDtype, ModelConfig, Settings};
+use crate::config::{CpuDtype, CudaDtype, ModelConfig, Settings};
 use crate::memory::chat::Chat;
 use crate::memory::documents::Documents;
 use crate::memory::extract::{ExtractionConfig, Extractor};
@@ -248,6 +248,20 @@ pub fn compute_kind(device: ResolvedDevice, cuda: CudaDtype) -> tch::Kind {
     }
 }
 
+/// The kind the sentence encoder's dense layers multiply in: bf16 on a CPU when
+/// `embedder_cpu_dtype` asks for it (`auto`: when the CPU has AMX), else its compute kind.
+pub fn embedder_matmul_kind(device: ResolvedDevice, config: &ModelConfig) -> tch::Kind {
+    let bf16 = match config.embedder_cpu_dtype {
+        CpuDtype::Auto => crate::model::bert::cpu_multiplies_bf16(),
+        CpuDtype::F32 => false,
+        CpuDtype::Bf16 => true,
+    };
+    match device.0 {
+        tch::Device::Cpu if bf16 => tch::Kind::BFloat16,
+        _ => compute_kind(device, config.embedder_cuda_dtype),
+    }
+}
+
 /// How to load the configured embedding model, unless its path is empty.
 fn embedder_loader(
     config: &ModelConfig,
@@ -259,6 +273,7 @@ fn embedder_loader(
         queue_capacity: config.embedder_queue,
         max_batch_tokens: config.embedder_max_batch_tokens,
         threads: config.threads,
+        matmul_kind: embedder_matmul_kind(device, config),
     };
     Some(move || Ok(Embedder::start(&dir, device, kind, opts)?))
 }

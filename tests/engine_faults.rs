@@ -22,11 +22,12 @@ fn error_message(body: &Value) -> &str {
 }
 
 /// The reference embedding of "A man is eating food." starts with these values.
-fn assert_reference_embedding(body: &Value) {
+fn assert_reference_embedding(server: &Server, body: &Value) {
+    let tolerance = server.reference_tolerance();
     let got: Vec<f64> =
         body["data"][0]["embedding"].as_array().unwrap().iter().take(3).map(|x| x.as_f64().unwrap()).collect();
     for (got, want) in got.iter().zip([0.033242, 0.004406, -0.006277]) {
-        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert!((got - want).abs() < tolerance, "{got} vs {want}");
     }
 }
 
@@ -65,7 +66,7 @@ fn a_panic_answers_its_own_job_with_a_500_and_the_model_carries_on() {
     assert!(error_message(&body).contains("injected forward fault"), "{body}");
     let (status, body) = server.post("/v1/embeddings", &request);
     assert_eq!(status, 200, "{body}");
-    assert_reference_embedding(&body);
+    assert_reference_embedding(&server, &body);
 
     // Contained per job: no thread was restarted, and the server stayed ready throughout.
     let (status, _, ready) = server.get("/readyz");
@@ -134,7 +135,7 @@ fn a_crashed_model_thread_is_restarted_and_serves_again() {
     server.wait_ready();
     let (status, body) = server.post("/v1/embeddings", &request);
     assert_eq!(status, 200, "{body}");
-    assert_reference_embedding(&body);
+    assert_reference_embedding(&server, &body);
 
     let (ok, _) = server.terminate();
     assert!(ok, "a clean exit after the restarts");

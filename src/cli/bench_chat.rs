@@ -94,6 +94,7 @@ fn run(
             queue_capacity: 16,
             max_batch_tokens: settings.model.embedder_max_batch_tokens,
             threads: settings.model.threads,
+            matmul_kind: crate::server::embedder_matmul_kind(device, &settings.model),
         },
     )?;
     let cache_mb = settings.model.generator_session_cache_mb.max(64);

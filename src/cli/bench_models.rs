@@ -42,37 +42,78 @@ pub fn bench_embed(
     let texts = read_corpus(corpus, sentences)?;
     let (device, _) = device_and_kind(settings)?;
     let kind = crate::server::compute_kind(device, settings.model.embedder_cuda_dtype);
-    let opts = EmbedderOptions {
-        queue_capacity: 4,
-        max_batch_tokens: settings.model.embedder_max_batch_tokens,
-        threads: settings.model.threads,
-    };
-    let embedder = Embedder::start(&settings.model.embedder, device, kind, opts)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let configured = crate::server::embedder_matmul_kind(device, &settings.model);
     let words: usize = texts.iter().map(|t| t.split_whitespace().count()).sum();
     println!(
-        "engram bench embed: {} sentences ({:.1} words on average) from {}, model {} on {device}",
+        "engram bench embed: {} sentences ({:.1} words on average) from {} on {device}",
         texts.len(),
         words as f64 / texts.len() as f64,
         corpus.display(),
-        embedder.info().name
     );
-    // One warm-up batch: first calls allocate.
-    runtime.block_on(embedder.embed(texts[..32.min(texts.len())].to_vec()))?;
+    // The configured products first; where they are not the compute kind (bf16 on a CPU
+    // with AMX), the compute kind's too, side by side, with how far their vectors part.
+    let mut precisions = vec![configured];
+    if configured != kind {
+        precisions.push(kind);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut results = Vec::new();
-    for &batch in batch_sizes {
-        let started = Instant::now();
-        for chunk in texts.chunks(batch.max(1)) {
-            runtime.block_on(embedder.embed(chunk.to_vec()))?;
+    let mut vectors: Vec<Vec<Vec<f32>>> = Vec::new();
+    for &matmul_kind in &precisions {
+        let opts = EmbedderOptions {
+            queue_capacity: 4,
+            max_batch_tokens: settings.model.embedder_max_batch_tokens,
+            threads: settings.model.threads,
+            matmul_kind,
+        };
+        let embedder = Embedder::start(&settings.model.embedder, device, kind, opts)?;
+        println!("model {}, {}", embedder.info().name, embedder.info().dtype);
+        // One warm-up batch: first calls allocate.
+        runtime.block_on(embedder.embed(texts[..32.min(texts.len())].to_vec()))?;
+        let mut per_batch: Vec<Vec<Vec<f32>>> = Vec::new();
+        for &batch in batch_sizes {
+            let mut all = Vec::with_capacity(texts.len());
+            let started = Instant::now();
+            for chunk in texts.chunks(batch.max(1)) {
+                all.extend(runtime.block_on(embedder.embed(chunk.to_vec()))?.vectors);
+            }
+            let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+            println!("batch {batch:>3}: {rate:>8.1} sentences/s");
+            results.push(json!({
+                "batch": batch, "sentences_per_s": rate, "products": format!("{matmul_kind:?}"),
+            }));
+            per_batch.push(all);
         }
-        let rate = texts.len() as f64 / started.elapsed().as_secs_f64();
-        println!("batch {batch:>3}: {rate:>8.1} sentences/s");
-        results.push(json!({ "batch": batch, "sentences_per_s": rate }));
+        // The same sentences embedded in batches of different sizes: how far a vector
+        // moves with its company.
+        if let (Some(first), Some(last)) = (per_batch.first(), per_batch.last()) {
+            println!("least cosine between batch sizes {:?}: {:.7}", batch_sizes, least_cosine(first, last));
+        }
+        vectors.extend(per_batch.pop());
+    }
+    let mut precisions_cosine = None;
+    if let [first, second] = vectors.as_slice() {
+        let cosine = least_cosine(first, second);
+        println!("least cosine between the two precisions' vectors: {cosine:.7}");
+        precisions_cosine = Some(cosine);
     }
     if json_out {
-        println!("{}", json!({ "bench": "embed", "device": device.to_string(), "results": results }));
+        println!(
+            "{}",
+            json!({
+                "bench": "embed", "device": device.to_string(), "results": results, "least_cosine": precisions_cosine,
+            })
+        );
     }
     Ok(())
+}
+
+/// The least cosine between paired unit vectors.
+fn least_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum::<f64>())
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Bytes per second that one pass over a large buffer reads: the ceiling for decoding,

@@ -32,6 +32,10 @@ pub struct EmbedderOptions {
     /// Upper bound on padded tokens (longest input × batch size) per forward pass.
     pub max_batch_tokens: usize,
     pub threads: usize,
+    /// The kind the encoder's dense layers multiply in (see
+    /// [`BertEncoder::with_matmuls_in`]); the rest computes in the `kind` given to
+    /// [`Embedder::start`].
+    pub matmul_kind: tch::Kind,
 }
 
 /// The result of one request.
@@ -86,17 +90,24 @@ impl Embedder {
         let dir_owned = dir.to_path_buf();
         let worker_tokenizer = tokenizer.clone();
         let max_batch_tokens = opts.max_batch_tokens.max(1);
+        let matmul_kind = opts.matmul_kind;
         // Called again to reload the model after its thread crashed.
         let load = move || {
             fail::fail_point!("embedder::load", |reason: Option<String>| Err(reason.unwrap_or_default()));
-            let encoder = BertEncoder::load(&dir_owned, device.0, kind).map_err(|e| e.to_string())?;
+            let encoder = BertEncoder::load(&dir_owned, device.0, kind)
+                .and_then(|e| e.with_matmuls_in(matmul_kind))
+                .map_err(|e| e.to_string())?;
             let info = EmbedderInfo {
                 name: model_name(&dir_owned),
                 dimension: encoder.dimension(),
                 max_tokens: encoder.max_seq_length(),
                 parameters: encoder.parameter_count(),
                 device: device.to_string(),
-                dtype: format!("{kind:?}"),
+                dtype: if matmul_kind == kind {
+                    format!("{kind:?}")
+                } else {
+                    format!("{kind:?}, products in {matmul_kind:?}")
+                },
             };
             Ok((encoder, info))
         };

@@ -262,3 +262,26 @@ impl Server {
         self.log.lock().unwrap().try_iter().collect()
     }
 }
+
+impl Server {
+    /// The served sentence encoder's precision, as `/v1/models` reports it.
+    pub fn embedder_dtype(&self) -> String {
+        let (status, _, body) = self.get("/v1/models");
+        assert_eq!(status, 200, "{body}");
+        let models = body["data"].as_array().expect("a model list");
+        let embedder = models.iter().find(|m| m["kind"] == "embedding").expect("an embedding model");
+        embedder["details"]["dtype"].as_str().expect("a dtype").to_owned()
+    }
+
+    /// How closely a served vector's components can match sentence-transformers' f32
+    /// reference values: 1e-4 in f32, 1e-3 where the encoder's products run in bf16 (the
+    /// default on CPUs with AMX: bf16 keeps 8 significant bits; `tests/bert_reference.rs`
+    /// holds that path to the same bounds in-process).
+    pub fn reference_tolerance(&self) -> f64 {
+        if self.embedder_dtype().contains("BFloat16") {
+            1e-3
+        } else {
+            1e-4
+        }
+    }
+}
