@@ -59,7 +59,7 @@ def probe(model, path):
                 ("max of both", torch.maximum(by_turn, by_sentence)),
                 ("mean of both", (by_turn + by_sentence) / 2),
             ]:
-                top = {turns[i]["dia_id"] for i in score.topk(10).indices.tolist()}
+                top = {turns[i]["dia_id"] for i in score.topk(min(10, len(turns))).indices.tolist()}
                 hit = sum(e in top for e in qa["evidence"]) / len(qa["evidence"])
                 recalls.setdefault(name, []).append(hit)
     return {name: sum(v) / len(v) for name, v in recalls.items()}

@@ -178,9 +178,8 @@ async fn open_store(config: StoreConfig, state: Arc<AppState>) -> anyhow::Result
 /// Loads the configured models side by side, each reported to `/readyz` once loaded.
 async fn load_models(config: &ModelConfig, device: ResolvedDevice, state: &AppState) -> anyhow::Result<Engine> {
     let kind = compute_kind(device, config.cuda_dtype);
-    let embedder_kind = compute_kind(device, config.embedder_cuda_dtype);
     let embedder = async {
-        let Some(load) = embedder_loader(config, device, embedder_kind) else { return Ok(None) };
+        let Some(load) = embedder_loader(config, device) else { return Ok(None) };
         let embedder = on_own_thread("embedder", load).await??;
         state.startup.loaded("embedder");
         anyhow::Ok(Some(embedder))
@@ -248,17 +247,19 @@ pub fn compute_kind(device: ResolvedDevice, cuda: CudaDtype) -> tch::Kind {
     }
 }
 
-/// The kind the sentence encoder's dense layers multiply in: bf16 on a CPU when
-/// `embedder_cpu_dtype` asks for it (`auto`: when the CPU has AMX), else its compute kind.
-pub fn embedder_matmul_kind(device: ResolvedDevice, config: &ModelConfig) -> tch::Kind {
+/// The sentence encoder's compute kind and the kind its dense layers multiply in: bf16
+/// on a CPU when `embedder_cpu_dtype` asks for it (`auto`: when the CPU has AMX), else
+/// the compute kind.
+pub fn embedder_kinds(device: ResolvedDevice, config: &ModelConfig) -> (tch::Kind, tch::Kind) {
+    let kind = compute_kind(device, config.embedder_cuda_dtype);
     let bf16 = match config.embedder_cpu_dtype {
         CpuDtype::Auto => crate::model::bert::cpu_multiplies_bf16(),
         CpuDtype::F32 => false,
         CpuDtype::Bf16 => true,
     };
     match device.0 {
-        tch::Device::Cpu if bf16 => tch::Kind::BFloat16,
-        _ => compute_kind(device, config.embedder_cuda_dtype),
+        tch::Device::Cpu if bf16 => (kind, tch::Kind::BFloat16),
+        _ => (kind, kind),
     }
 }
 
@@ -266,14 +267,14 @@ pub fn embedder_matmul_kind(device: ResolvedDevice, config: &ModelConfig) -> tch
 fn embedder_loader(
     config: &ModelConfig,
     device: ResolvedDevice,
-    kind: tch::Kind,
 ) -> Option<impl FnOnce() -> anyhow::Result<Embedder> + Send + 'static> {
     let dir = Some(config.embedder.clone()).filter(|p| !p.as_os_str().is_empty())?;
+    let (kind, matmul_kind) = embedder_kinds(device, config);
     let opts = EmbedderOptions {
         queue_capacity: config.embedder_queue,
         max_batch_tokens: config.embedder_max_batch_tokens,
         threads: config.threads,
-        matmul_kind: embedder_matmul_kind(device, config),
+        matmul_kind,
     };
     Some(move || Ok(Embedder::start(&dir, device, kind, opts)?))
 }
@@ -413,4 +414,29 @@ fn signals() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_config(cpu_dtype: &str) -> ModelConfig {
+        let env = [("ENGRAM_MODEL__EMBEDDER_CPU_DTYPE".to_string(), cpu_dtype.to_string())];
+        Settings::load_from_env(None, &Default::default(), env).unwrap().model
+    }
+
+    #[test]
+    fn the_encoder_multiplies_in_bf16_only_on_a_cpu_that_is_told_or_has_amx() {
+        let (cpu, cuda) = (ResolvedDevice(tch::Device::Cpu), ResolvedDevice(tch::Device::Cuda(0)));
+        use tch::Kind::{BFloat16, Float, Half};
+        assert_eq!(embedder_kinds(cpu, &model_config("f32")), (Float, Float));
+        assert_eq!(embedder_kinds(cpu, &model_config("bf16")), (Float, BFloat16));
+        let auto = if crate::model::bert::cpu_multiplies_bf16() { BFloat16 } else { Float };
+        assert_eq!(embedder_kinds(cpu, &model_config("auto")), (Float, auto));
+        // On CUDA the whole encoder computes in the CUDA dtype (f16 by default), whatever
+        // the CPU setting says.
+        for setting in ["f32", "bf16", "auto"] {
+            assert_eq!(embedder_kinds(cuda, &model_config(setting)), (Half, Half));
+        }
+    }
 }

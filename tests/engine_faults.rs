@@ -78,12 +78,12 @@ fn a_panic_answers_its_own_job_with_a_500_and_the_model_carries_on() {
 #[test]
 fn a_crashed_model_thread_is_restarted_and_serves_again() {
     let dir = tempfile::tempdir().unwrap();
-    // The first job crashes each serving loop outside its per-job guard. The chat model's
-    // first reload fails too (the initial load is the first evaluation), so the restart
-    // backs off and tries again.
+    // A job crashes each serving loop outside its per-job guard: the chat model's first,
+    // the embedder's second. The chat model's first reload fails too (the initial load is
+    // the first evaluation), so the restart backs off and tries again.
     let failpoints = "generator::worker=1*panic(injected worker crash)->off;\
                       generator::load=1*off->1*return(injected reload failure)->off;\
-                      embedder::worker=1*panic(injected worker crash)->off";
+                      embedder::worker=1*off->1*panic(injected worker crash)->off";
     let server = Server::start(dir.path(), &[("FAILPOINTS", failpoints)]);
     server.wait_ready();
 
@@ -127,8 +127,11 @@ fn a_crashed_model_thread_is_restarted_and_serves_again() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["text"], ANSWER);
 
-    // The embedder likewise.
+    // The embedder likewise; once reloaded it embeds exactly as before the crash (in the
+    // same precision: a reload must not lose the configured products).
     let request = json!({ "input": ["A man is eating food."] });
+    let (status, before) = server.post("/v1/embeddings", &request);
+    assert_eq!(status, 200, "{before}");
     let (status, _) = server.post("/v1/embeddings", &request);
     assert_eq!(status, 503);
     server.wait_log("model reloaded", Duration::from_secs(30)).expect("the embedder's reload is logged");
@@ -136,6 +139,7 @@ fn a_crashed_model_thread_is_restarted_and_serves_again() {
     let (status, body) = server.post("/v1/embeddings", &request);
     assert_eq!(status, 200, "{body}");
     assert_reference_embedding(&server, &body);
+    assert_eq!(body["data"][0]["embedding"], before["data"][0]["embedding"], "the reloaded model embeds as before");
 
     let (ok, _) = server.terminate();
     assert!(ok, "a clean exit after the restarts");

@@ -80,7 +80,7 @@ fn run(
 ) -> anyhow::Result<()> {
     let device = crate::server::resolve_device(&settings.model)?;
     let kind = crate::server::compute_kind(device, settings.model.cuda_dtype);
-    let embedder_kind = crate::server::compute_kind(device, settings.model.embedder_cuda_dtype);
+    let (embedder_kind, matmul_kind) = crate::server::embedder_kinds(device, &settings.model);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut store_config = settings.store_config();
     store_config.backend = crate::store::BackendKind::Sled;
@@ -94,7 +94,7 @@ fn run(
             queue_capacity: 16,
             max_batch_tokens: settings.model.embedder_max_batch_tokens,
             threads: settings.model.threads,
-            matmul_kind: crate::server::embedder_matmul_kind(device, &settings.model),
+            matmul_kind,
         },
     )?;
     let cache_mb = settings.model.generator_session_cache_mb.max(64);

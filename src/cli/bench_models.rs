@@ -41,8 +41,7 @@ pub fn bench_embed(
 ) -> anyhow::Result<()> {
     let texts = read_corpus(corpus, sentences)?;
     let (device, _) = device_and_kind(settings)?;
-    let kind = crate::server::compute_kind(device, settings.model.embedder_cuda_dtype);
-    let configured = crate::server::embedder_matmul_kind(device, &settings.model);
+    let (kind, configured) = crate::server::embedder_kinds(device, &settings.model);
     let words: usize = texts.iter().map(|t| t.split_whitespace().count()).sum();
     println!(
         "engram bench embed: {} sentences ({:.1} words on average) from {} on {device}",

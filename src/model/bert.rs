@@ -278,11 +278,10 @@ impl BertEncoder {
 
     /// Runs the dense layers' products (about nine tenths of the work for sentences) in
     /// `kind`, keeping the embeddings, layer norms, attention and pooling, and so the
-    /// residual stream, in the encoder's kind: autocast's recipe. On a CPU with AMX, bf16
-    /// products run several times faster than f32 ones and the vectors stay within a
-    /// cosine of 0.9999 of the f32 ones (`tests/bert_reference.rs`); on a CPU without
-    /// native bf16 they would be slower, so the caller decides (see
-    /// [`cpu_multiplies_bf16`]). An input's vector then moves slightly with the batch it
+    /// residual stream, in the encoder's kind: autocast's recipe. On a CPU with AMX the
+    /// encoder then embeds 1.2-1.9x faster and its vectors stay within a cosine of 0.9999
+    /// of the f32 ones (`tests/bert_reference.rs`); elsewhere bf16 was not measured, so
+    /// the caller decides (see [`cpu_multiplies_bf16`]). An input's vector then moves slightly with the batch it
     /// is in (oneDNN's kernel depends on the number of rows), by less than the precision
     /// itself costs.
     pub fn with_matmuls_in(mut self, kind: Kind) -> Result<Self, BertError> {
@@ -427,25 +426,45 @@ impl BertEncoder {
     }
 }
 
-/// Whether this CPU multiplies bf16 matrices natively, with AMX tiles: there libtorch's
-/// oneDNN runs the encoder's products in bf16 several times faster than in f32, and the
-/// whole encoder embeds 1.4-1.9x faster (`engram bench embed` on a 2-core Sapphire
+/// Whether this CPU multiplies bf16 matrices natively, with AMX tiles the operating
+/// system has enabled: there libtorch's oneDNN runs the encoder's products in bf16, and
+/// the whole encoder embeds 1.2-1.9x faster (`engram bench embed` on a 2-core Sapphire
 /// Rapids guest). Without AMX, bf16 is emulated or runs on AVX-512 BF16 dot products
-/// alone, which was not measured to pay, so there the encoder stays in f32.
+/// alone, which was not measured, so there the encoder stays in f32 unless told
+/// otherwise.
 pub fn cpu_multiplies_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE (std's detection of AMX
-        // is not stable yet). Where the kernel withholds AMX from the process, oneDNN
-        // falls back to AVX-512 by itself: slower, still right.
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // By hand because std's detection of AMX is not stable yet.
         #[allow(unused_unsafe)]
-        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
-        leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0
+        let (max_leaf, osxsave) = unsafe { (__cpuid(0).eax, __cpuid(1).ecx & (1 << 27) != 0) };
+        if max_leaf < 7 || !osxsave {
+            return false;
+        }
+        // Leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+        #[allow(unused_unsafe)]
+        let leaf = unsafe { __cpuid_count(7, 0) };
+        let cpu_has_amx = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+        // XCR0 bits 17 and 18: the system saves the tile state, that is, lets processes
+        // use the tiles (a kernel older than 5.16, or a hypervisor, may not).
+        cpu_has_amx && xcr0() & (0b11 << 17) == 0b11 << 17
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// The XCR0 register: which register states the operating system manages.
+#[cfg(target_arch = "x86_64")]
+fn xcr0() -> u64 {
+    #[target_feature(enable = "xsave")]
+    unsafe fn read() -> u64 {
+        std::arch::x86_64::_xgetbv(0)
+    }
+    // SAFETY: called only once CPUID has reported OSXSAVE, which makes XGETBV available.
+    unsafe { read() }
 }
 
 /// The kinds the encoder computes in (and the kinds weights may be stored in).
