@@ -257,6 +257,8 @@ pub struct EmbedderDetails {
     pub max_tokens: usize,
     pub parameters: usize,
     pub device: String,
+    /// The compute kind (`Float`, `Half` or `BFloat16`), followed by `, products in
+    /// BFloat16` where the dense layers multiply in bf16 (`model.embedder_cpu_dtype`).
     pub dtype: String,
 }
 
