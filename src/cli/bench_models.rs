@@ -107,7 +107,8 @@ pub fn bench_embed(
     Ok(())
 }
 
-/// The least cosine between paired unit vectors.
+/// The least cosine between paired unit vectors, summed in f64: the figures printed reach
+/// the seventh decimal, where f32 sums over 384 products would round.
 fn least_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     a.iter()
         .zip(b)

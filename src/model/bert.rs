@@ -178,9 +178,6 @@ pub struct BertEncoder {
     config: BertConfig,
     device: Device,
     kind: Kind,
-    /// The kind of the dense layers' products: `kind`, or bf16 on a CPU that multiplies
-    /// bf16 natively (see [`BertEncoder::with_matmuls_in`]).
-    matmul_kind: Kind,
     word_embeddings: Tensor,
     position_embeddings: Tensor,
     /// Row 0 of the token-type table: single-sentence inputs are all segment 0.
@@ -263,7 +260,6 @@ impl BertEncoder {
             config,
             device,
             kind,
-            matmul_kind: kind,
             word_embeddings,
             position_embeddings,
             token_type_embedding,
@@ -281,27 +277,27 @@ impl BertEncoder {
     /// residual stream, in the encoder's kind: autocast's recipe. On a CPU with AMX the
     /// encoder then embeds 1.2-1.9x faster and its vectors stay within a cosine of 0.9999
     /// of the f32 ones (`tests/bert_reference.rs`); elsewhere bf16 was not measured, so
-    /// the caller decides (see [`cpu_multiplies_bf16`]). An input's vector then moves slightly with the batch it
-    /// is in (oneDNN's kernel depends on the number of rows), by less than the precision
-    /// itself costs.
+    /// the caller decides (see [`cpu_multiplies_bf16`]). An input's vector then moves
+    /// slightly with the batch it is in (oneDNN's kernel depends on the number of rows),
+    /// by less than the precision itself costs.
     pub fn with_matmuls_in(mut self, kind: Kind) -> Result<Self, BertError> {
         if !is_floating(kind) {
             return Err(BertError::UnsupportedKind(kind));
         }
-        if kind != self.matmul_kind {
+        if kind != self.matmul_kind() {
             for layer in &mut self.layers {
                 for linear in [&mut layer.qkv, &mut layer.attention_out, &mut layer.intermediate, &mut layer.output] {
                     *linear = linear.in_kind(kind)?;
                 }
             }
-            self.matmul_kind = kind;
         }
         Ok(self)
     }
 
-    /// The kind the dense layers multiply in.
+    /// The kind the dense layers multiply in: their weights' kind, the encoder's own
+    /// unless [`with_matmuls_in`](Self::with_matmuls_in) changed it.
     pub fn matmul_kind(&self) -> Kind {
-        self.matmul_kind
+        self.layers.first().map_or(self.kind, |layer| layer.qkv.weight_t.kind())
     }
 
     pub fn device(&self) -> Device {
